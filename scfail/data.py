@@ -1,0 +1,279 @@
+"""The `scfail_shapes` TFDS dataset and loading of any split into memory.
+
+Importing this module registers `scfail_shapes`, so that
+`tfds.load('scfail_shapes/32px')` works. Generation is procedural and
+offline (see `scfail.render`): a split is a pure function of its builder
+config's seed. Every split holds every shape-color pair in equal number;
+which pairs the study calls seen is decided later, by `scfail.benchmarks`.
+
+Splits: `train`, `validation`, `test`, and one test split per shift,
+`test_texture`, `test_lighting`, `test_scale`, `test_background` and
+`test_grayscale`. Every example carries `image`, its labels `shape` and
+`color`, and its factor values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+
+import numpy as np
+
+# TensorFlow is only the input pipeline's engine: keep it off accelerators
+# before anything else imports it.
+import tensorflow as tf
+
+tf.config.set_visible_devices([], 'GPU')
+
+import tensorflow_datasets as tfds  # noqa: E402
+
+from scfail import render  # noqa: E402
+
+SHIFT_SPLITS = {
+  f'test_{shift}': shift for shift in render.SHIFTS if shift != 'none'
+}
+_CHUNK = 500
+
+
+class ScfailShapesConfig(tfds.core.BuilderConfig):
+  """Resolution, split sizes and seed of one `scfail_shapes` variant."""
+
+  def __init__(
+    self,
+    *,
+    image_size: int,
+    num_train: int,
+    num_validation: int,
+    num_test: int,
+    num_shift: int,
+    seed: int = 0,
+    **kwargs,
+  ):
+    super().__init__(**kwargs)
+    self.image_size = image_size
+    self.num_train = num_train
+    self.num_validation = num_validation
+    self.num_test = num_test
+    self.num_shift = num_shift
+    self.seed = seed
+
+  def split_sizes(self) -> dict[str, int]:
+    sizes = {
+      'train': self.num_train,
+      'validation': self.num_validation,
+      'test': self.num_test,
+    }
+    sizes.update({name: self.num_shift for name in SHIFT_SPLITS})
+    return sizes
+
+
+class ScfailShapes(tfds.core.GeneratorBasedBuilder):
+  """One colored shape on a background; labels `shape` and `color`."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Eight shapes, eight colors, five shifts.'}
+  BUILDER_CONFIGS = [
+    ScfailShapesConfig(
+      name='32px',
+      description='32x32 images; the CPU-sized default.',
+      image_size=32,
+      num_train=24_000,
+      num_validation=2_048,
+      num_test=4_096,
+      num_shift=2_048,
+    ),
+    ScfailShapesConfig(
+      name='64px',
+      description='64x64 images, for accelerators.',
+      image_size=64,
+      num_train=96_000,
+      num_validation=4_096,
+      num_test=8_192,
+      num_shift=4_096,
+    ),
+    ScfailShapesConfig(
+      name='tiny',
+      description='A few hundred 32x32 images, for tests and notebooks.',
+      image_size=32,
+      num_train=1_024,
+      num_validation=256,
+      num_test=512,
+      num_shift=256,
+    ),
+  ]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = self.builder_config.image_size
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=__doc__.splitlines()[0],
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(
+            shape=(size, size, 3), encoding_format='png'
+          ),
+          'shape': tfds.features.ClassLabel(names=render.SHAPES),
+          'color': tfds.features.ClassLabel(names=render.COLORS),
+          'x': tf.float32,
+          'y': tf.float32,
+          'scale': tf.float32,
+          'rotation': tf.float32,
+          'hue': tf.float32,
+          'saturation': tf.float32,
+          'value': tf.float32,
+          'background': tfds.features.Tensor(shape=(3,), dtype=tf.float32),
+          'texture': tfds.features.ClassLabel(names=render.TEXTURES),
+          'brightness': tf.float32,
+          'cast': tfds.features.Tensor(shape=(3,), dtype=tf.float32),
+          'clutter': tf.bool,
+          'grayscale': tf.bool,
+        }
+      ),
+      supervised_keys=None,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is generated; nothing is downloaded.
+    sizes = self.builder_config.split_sizes()
+    return {
+      name: self._generate_examples(name, size) for name, size in sizes.items()
+    }
+
+  def _generate_examples(self, split: str, num_examples: int):
+    config = self.builder_config
+    for start, factors, images in generate_split(
+      split, num_examples, config.image_size, config.seed
+    ):
+      for i in range(images.shape[0]):
+        example = {
+          key: value[i] for key, value in factors.items() if key in _FACTORS
+        }
+        example['image'] = images[i]
+        yield start + i, example
+
+
+_FACTORS = (
+  'shape',
+  'color',
+  'x',
+  'y',
+  'scale',
+  'rotation',
+  'hue',
+  'saturation',
+  'value',
+  'background',
+  'texture',
+  'brightness',
+  'cast',
+  'clutter',
+  'grayscale',
+)
+
+
+def generate_split(split: str, num_examples: int, image_size: int, seed: int):
+  """Yields `(start, factors, images)` chunks of one split, in order.
+
+  The split's content is a pure function of its name, size, resolution and
+  seed. Pairs are balanced: each of the 64 shape-color pairs appears
+  `num_examples / 64` times (up to rounding).
+  """
+  split_id = zlib.crc32(split.encode())
+  shift = SHIFT_SPLITS.get(split, 'none')
+  num_pairs = len(render.SHAPES) * len(render.COLORS)
+  order_rng = np.random.default_rng([seed, split_id])
+  pairs = order_rng.permutation(np.arange(num_examples) % num_pairs)
+  for start in range(0, num_examples, _CHUNK):
+    chunk = pairs[start : start + _CHUNK]
+    rng = np.random.default_rng([seed, split_id, start])
+    factors = render.sample_factors(
+      rng, chunk // len(render.COLORS), chunk % len(render.COLORS), shift
+    )
+    images = render.render(
+      factors, image_size, noise_seed=int(rng.integers(2**31))
+    )
+    factors = {
+      key: (
+        value.astype(np.float32)
+        if value.dtype == np.float64
+        else value.astype(np.int64)
+        if value.dtype.kind == 'i'
+        else value
+      )
+      for key, value in factors.items()
+    }
+    yield start, factors, images
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What the study needs to know of a dataset: its names and labels."""
+
+  name: str
+  shape_key: str
+  color_key: str
+  num_shapes: int
+  num_colors: int
+  image_size: int
+  shape_names: tuple[str, ...]
+  color_names: tuple[str, ...]
+  splits: tuple[str, ...]
+
+
+def data_dir_or_default(data_dir: str | None) -> str:
+  """The TFDS data directory a dataset is read from and built into."""
+  return data_dir or os.environ.get(
+    'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets')
+  )
+
+
+def get_builder(
+  name: str, data_dir: str | None, prepare: bool = True
+) -> tfds.core.DatasetBuilder:
+  """Returns the TFDS builder of `name`, built first if it is ours.
+
+  Raises:
+    ValueError: the dataset is unknown, or is not `scfail_shapes` and its
+      files are missing (nothing can be downloaded at run time).
+  """
+  data_dir = data_dir_or_default(data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # TFDS raises several kinds here.
+    raise ValueError(
+      f'--config.dataset={name!r} is not a TFDS dataset this machine knows '
+      f'({type(e).__name__}: {str(e).splitlines()[0]}); use '
+      "'scfail_shapes/32px', 'scfail_shapes/64px', 'scfail_shapes/tiny' or "
+      "'shapes3d'."
+    ) from None
+  if builder.is_prepared():
+    return builder
+  if name.split('/')[0] == 'scfail_shapes' and prepare:
+    builder.download_and_prepare()
+    return builder
+  raise ValueError(
+    f'--config.dataset={name!r}: its files are not in the TFDS data '
+    f'directory {data_dir!r}. Download and prepare it there on a machine '
+    'with internet access (tfds build), or point --config.data_dir or '
+    'TFDS_DATA_DIR at a directory that holds it.'
+  )
+
+
+def load_split(
+  builder: tfds.core.DatasetBuilder,
+  split: str,
+  keys: tuple[str, ...],
+) -> dict[str, np.ndarray]:
+  """Reads the `keys` of a whole split into NumPy arrays, in file order."""
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  ds = ds.map(
+    lambda ex: {k: ex[k] for k in keys},
+    num_parallel_calls=tf.data.AUTOTUNE,
+    deterministic=True,
+  )
+  ds = ds.batch(4096).prefetch(2)
+  parts = list(tfds.as_numpy(ds))
+  if not parts:
+    raise ValueError(f'Split {split!r} of {builder.info.full_name} is empty.')
+  return {k: np.concatenate([p[k] for p in parts]) for k in keys}

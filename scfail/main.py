@@ -1,0 +1,84 @@
+"""Runs a config: one training run, or a whole sweep and its report.
+
+python -m scfail.main --config=configs/ablate.py [--workdir=DIR]
+  [--config.<field>=<value> ...]
+"""
+
+from __future__ import annotations
+
+import logging as pylogging
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'A configs/*.py file, optionally with :<preset>.'
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Where runs are written; default runs/<config name>.'
+)
+_OVERWRITE = flags.DEFINE_bool(
+  'overwrite',
+  False,
+  'Allow a workdir that holds a run of a different config.',
+)
+flags.mark_flags_as_required(['config'])
+
+
+def default_workdir(config_arg: str) -> str:
+  """runs/<config file stem>[_<preset>], e.g. runs/ablate_full."""
+  path, _, preset = config_arg.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('runs', f'{name}_{preset}' if preset else name)
+
+
+class _QuietLibraries(pylogging.Filter):
+  """Drops the INFO chatter of Orbax and TFDS; warnings still show."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    noisy = any(
+      f'{os.sep}{lib}{os.sep}' in record.pathname
+      for lib in ('orbax', 'tensorflow_datasets', 'etils')
+    )
+    return not noisy or record.levelno >= pylogging.WARNING
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  pylogging.getLogger('absl').addFilter(_QuietLibraries())
+  from scfail import config_lib, experiment
+
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(
+    config_flags.get_config_filename(flags.FLAGS['config'])
+  )
+  logging.info(
+    'Running on %s; writing to %s.', experiment.devices_summary(), workdir
+  )
+  try:
+    if experiment.is_sweep(config):
+      experiment.run_sweep(config, workdir, _OVERWRITE.value)
+      from scfail import report
+
+      report.write_report(workdir)
+    else:
+      summary = experiment.run(config, workdir, _OVERWRITE.value)
+      logging.info(
+        'Finished: %s',
+        '  '.join(
+          f'{k[5:]} {v:.3f}'
+          for k, v in summary.items()
+          if k.startswith('eval/') and isinstance(v, float)
+        ),
+      )
+  except (config_lib.ConfigError, experiment.TrainingDiverged) as e:
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,229 @@
+"""The Flax ViT/CNN hybrid that names an object's shape and its color.
+
+Parameter paths (what `config.freeze` patterns match):
+
+  stem/conv_<i>/{kernel,bias}     the convolutional stem (or stem/patchify)
+  embedding/{kernel,bias}         features to tokens
+  pos_embedding                   learned position embedding
+  cls_token                       only with pooling='cls'
+  block_<i>/attention_norm/...    pre-norm of the attention sublayer
+  block_<i>/attention/qkv/...     fused query, key and value projection
+  block_<i>/attention/out/...     attention output projection
+  block_<i>/mlp_norm/...          pre-norm of the MLP sublayer
+  block_<i>/mlp/{hidden,out}/...  the MLP
+  encoder_norm/...                final norm
+  shape_head/..., color_head/...  the two classifiers
+
+With `use_attention=False` no `attention_norm` or `attention` parameters
+exist in any block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+STEMS = ('conv', 'patchify')
+POOLINGS = ('mean', 'cls')
+
+
+class Stem(nn.Module):
+  """Image to a grid of features.
+
+  'conv': one 3x3 convolution of stride 2 per entry of `features`, each
+  followed by GELU, so the grid is the image downsampled by
+  2**len(features). 'patchify': one convolution of kernel and stride
+  `patch_size` with `features[-1]` channels.
+  """
+
+  kind: str
+  features: tuple[int, ...]
+  patch_size: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.kind == 'patchify':
+      p = self.patch_size
+      return nn.Conv(
+        self.features[-1],
+        (p, p),
+        strides=(p, p),
+        padding='VALID',
+        dtype=self.dtype,
+        name='patchify',
+      )(x)
+    for i, f in enumerate(self.features):
+      x = nn.Conv(
+        f,
+        (3, 3),
+        strides=(2, 2),
+        padding='SAME',
+        dtype=self.dtype,
+        name=f'conv_{i}',
+      )(x)
+      x = nn.gelu(x)
+    return x
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with one fused QKV projection."""
+
+  num_heads: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, tokens, width = x.shape
+    head_dim = width // self.num_heads
+    qkv = nn.Dense(3 * width, dtype=self.dtype, name='qkv')(x)
+    qkv = qkv.reshape(batch, tokens, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    y = jax.nn.dot_product_attention(q, k, v)
+    y = y.reshape(batch, tokens, width)
+    return nn.Dense(width, dtype=self.dtype, name='out')(y)
+
+
+class Mlp(nn.Module):
+  """Two dense layers with GELU between them."""
+
+  hidden: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    x = nn.Dense(self.hidden, dtype=self.dtype, name='hidden')(x)
+    x = nn.gelu(x)
+    return nn.Dense(width, dtype=self.dtype, name='out')(x)
+
+
+class Block(nn.Module):
+  """A pre-norm encoder block: attention (optional), then MLP."""
+
+  num_heads: int
+  mlp_ratio: int
+  use_attention: bool
+  dropout: float
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.use_attention:
+      y = nn.LayerNorm(dtype=self.dtype, name='attention_norm')(x)
+      y = Attention(self.num_heads, self.dtype, name='attention')(y)
+      x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    y = nn.LayerNorm(dtype=self.dtype, name='mlp_norm')(x)
+    y = Mlp(x.shape[-1] * self.mlp_ratio, self.dtype, name='mlp')(y)
+    return x + nn.Dropout(self.dropout, deterministic=not train)(y)
+
+
+class Hybrid(nn.Module):
+  """Conv stem, token embedding, encoder blocks, shape and color heads.
+
+  Takes uint8 or float images [batch, height, width, 3] with values in
+  [0, 255] and returns float32 logits `{'shape': [batch, num_shapes],
+  'color': [batch, num_colors]}`. Parameters are float32; `dtype` is the
+  compute dtype (bfloat16 on accelerators).
+  """
+
+  num_shapes: int
+  num_colors: int
+  width: int = 128
+  depth: int = 4
+  num_heads: int = 4
+  mlp_ratio: int = 4
+  stem: str = 'conv'
+  stem_features: tuple[int, ...] = (32, 64)
+  patch_size: int = 4
+  use_attention: bool = True
+  pooling: str = 'mean'
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False):
+    x = images.astype(self.dtype) * (2.0 / 255.0) - 1.0
+    x = Stem(
+      self.stem,
+      tuple(self.stem_features),
+      self.patch_size,
+      self.dtype,
+      name='stem',
+    )(x)
+    batch, height, width, channels = x.shape
+    x = x.reshape(batch, height * width, channels)
+    x = nn.Dense(self.width, dtype=self.dtype, name='embedding')(x)
+    pos = self.param(
+      'pos_embedding',
+      nn.initializers.normal(stddev=0.02),
+      (1, height * width, self.width),
+    )
+    x = x + pos.astype(self.dtype)
+    if self.pooling == 'cls':
+      cls = self.param('cls_token', nn.initializers.zeros, (1, 1, self.width))
+      cls = jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, self.width))
+      x = jnp.concatenate([cls, x], axis=1)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+
+    for i in range(self.depth):
+      x = Block(
+        self.num_heads,
+        self.mlp_ratio,
+        self.use_attention,
+        self.dropout,
+        self.dtype,
+        name=f'block_{i}',
+      )(x, train)
+    x = nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+    x = x[:, 0] if self.pooling == 'cls' else x.mean(axis=1)
+
+    shape = nn.Dense(self.num_shapes, dtype=self.dtype, name='shape_head')(x)
+    color = nn.Dense(self.num_colors, dtype=self.dtype, name='color_head')(x)
+    return {
+      'shape': shape.astype(jnp.float32),
+      'color': color.astype(jnp.float32),
+    }
+
+
+def grid_size(model: Hybrid, image_size: int) -> int:
+  """Side of the token grid the stem makes of an `image_size` image."""
+  if model.stem == 'patchify':
+    return image_size // model.patch_size
+  size = image_size
+  for _ in model.stem_features:
+    size = math.ceil(size / 2)
+  return size
+
+
+def forward_flops(model: Hybrid, image_size: int) -> int:
+  """Multiply-add FLOPs (2 per MAC) of one image's forward pass.
+
+  Counts convolutions, dense layers and attention's two matrix products;
+  norms, activations and softmax are left out (a few percent at most).
+  """
+  flops = 0
+  size, channels = image_size, 3
+  if model.stem == 'patchify':
+    size = image_size // model.patch_size
+    channels_out = model.stem_features[-1]
+    flops += 2 * size * size * model.patch_size**2 * channels * channels_out
+    channels = channels_out
+  else:
+    for f in model.stem_features:
+      size = math.ceil(size / 2)
+      flops += 2 * size * size * 9 * channels * f
+      channels = f
+  tokens = size * size + (model.pooling == 'cls')
+  w = model.width
+  flops += 2 * size * size * channels * w
+  per_block = 2 * tokens * w * w * model.mlp_ratio * 2
+  if model.use_attention:
+    per_block += 2 * tokens * w * 3 * w + 2 * tokens * w * w
+    per_block += 2 * 2 * tokens * tokens * w
+  flops += model.depth * per_block
+  flops += 2 * w * (model.num_shapes + model.num_colors)
+  return flops
