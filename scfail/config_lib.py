@@ -94,7 +94,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(
         f'config.{field}={_get(config, field)!r} must be positive.'
       )
-  for field in ('weight_decay', 'grad_clip', 'warmup_steps'):
+  for field in (
+    'weight_decay',
+    'grad_clip',
+    'warmup_steps',
+    'unseen_pairs_per_attribute',
+  ):
     if _get(config, field) < 0:
       raise ConfigError(
         f'config.{field}={_get(config, field)!r} must not be negative.'

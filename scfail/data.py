@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import zlib
 
 import numpy as np
@@ -29,6 +30,9 @@ tf.config.set_visible_devices([], 'GPU')
 import tensorflow_datasets as tfds  # noqa: E402
 
 from scfail import render  # noqa: E402
+
+if not sys.stderr.isatty():
+  tfds.disable_progress_bar()
 
 SHIFT_SPLITS = {
   f'test_{shift}': shift for shift in render.SHIFTS if shift != 'none'

@@ -50,18 +50,22 @@ def variant_config(
     for key in ('variants', 'seeds'):
       if key in run_config:
         del run_config[key]
-  for key, value in overrides.items():
-    node = run_config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise config_lib.ConfigError(
-        f'Variant override {key!r} names no config field.'
-      )
-    node[leaf] = value
+  _apply_overrides(run_config, overrides, prefix='')
   run_config.seed = seed
   return run_config
+
+
+def _apply_overrides(node, overrides, prefix: str) -> None:
+  """Sets nested `overrides` (dicts of field values) into a ConfigDict."""
+  for key, value in overrides.items():
+    if key not in node:
+      raise config_lib.ConfigError(
+        f'Variant override {prefix + key!r} names no config field.'
+      )
+    if isinstance(value, dict | ml_collections.ConfigDict):
+      _apply_overrides(node[key], dict(value), prefix + key + '.')
+    else:
+      node[key] = value
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -347,9 +351,7 @@ def run(
 
   if config.parallelism == 'pmap':
     p_step = train_lib.pmap_train_step(step_fn)
-    state = jax.device_put_replicated(
-      jax.device_get(state), jax.local_devices()
-    )
+    state = train_lib.replicate_for_pmap(state)
     n_local = jax.local_device_count()
 
     def put(item):

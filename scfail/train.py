@@ -269,6 +269,16 @@ def pmap_train_step(step_fn: Callable) -> Callable:
   )
 
 
+def replicate_for_pmap(tree: Any) -> Any:
+  """One copy of `tree` on each local device, laid out as pmap expects."""
+  n = jax.local_device_count()
+  stacked = jax.tree.map(
+    lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
+    jax.device_get(tree),
+  )
+  return jax.pmap(lambda x: x)(stacked)
+
+
 def eval_outputs(
   params: Params, batch: dict[str, jax.Array], *, model: nn.Module
 ) -> dict[str, jax.Array]:
