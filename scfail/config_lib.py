@@ -6,6 +6,7 @@ and what is allowed, so that a typo costs seconds, not a compile.
 
 from __future__ import annotations
 
+import os
 import re
 
 import jax
@@ -142,6 +143,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'config.freeze pattern {pattern!r} is not a valid regular '
         f'expression ({e}).'
       ) from None
+  for pattern in config.init_from_patterns:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(
+        f'config.init_from_patterns entry {pattern!r} is not a valid '
+        f'regular expression ({e}).'
+      ) from None
+  if config.init_from and not os.path.isdir(config.init_from):
+    raise ConfigError(
+      f'config.init_from={config.init_from!r} is not a directory; give the '
+      'directory of a finished or checkpointed run.'
+    )
   if config.model.width % config.model.num_heads:
     raise ConfigError(
       f'config.model.width={config.model.width} is not divisible by '
@@ -214,7 +228,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = 32
 
   # Run length: exactly one of these three is non-zero.
-  c.total_steps = 1200
+  c.total_steps = 1000
   c.total_epochs = 0.0
   c.total_examples = 0
 
@@ -255,12 +269,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'
 
   c.freeze = ()
-  c.init_from = ''
+  c.init_from = ''  # A run directory whose parameters start this run.
+  c.init_from_patterns = ('.*',)  # Which of its parameters to take.
   c.parallelism = 'jit'
   c.num_parallel_seeds = 1
 
   c.log_every = 50
-  c.eval_every = 300
-  c.checkpoint_every = 600
+  c.eval_every = 250
+  c.checkpoint_every = 500
   c.keep_checkpoints = 2
   return c

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -108,6 +109,36 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+class Progress:
+  """A progress bar with images per second and ETA, on terminals only."""
+
+  def __init__(self, total: int, batch_size: int, start: int, stream=None):
+    self.stream = stream or sys.stderr
+    self.enabled = self.stream.isatty() and jax.process_index() == 0
+    self.total, self.batch_size, self.start = total, batch_size, start
+    self.t0 = self.last_draw = time.time()
+
+  def update(self, done: int) -> None:
+    now = time.time()
+    if not self.enabled or (now - self.last_draw < 0.5 and done < self.total):
+      return
+    self.last_draw = now
+    rate = (done - self.start) * self.batch_size / max(now - self.t0, 1e-9)
+    eta = (self.total - done) * self.batch_size / max(rate, 1e-9)
+    filled = int(30 * done / self.total)
+    self.stream.write(
+      f'\r[{"#" * filled}{"." * (30 - filled)}] {done}/{self.total}  '
+      f'{rate:,.0f} img/s  ETA {time.strftime("%H:%M:%S", time.gmtime(eta))}'
+      '\033[K'
+    )
+    self.stream.flush()
+
+  def clear(self) -> None:
+    if self.enabled:
+      self.stream.write('\r\033[K')
+      self.stream.flush()
 
 
 class Evaluator:
@@ -280,6 +311,19 @@ def run(
 
   model = train_lib.build_model(config, spec.num_shapes, spec.num_colors)
   params = train_lib.init_params(model, config.seed, config.image_size)
+  if config.init_from:
+    try:
+      source = train_lib.load_run_params(config.init_from)
+      params, copied = train_lib.init_from(
+        params, source, config.init_from_patterns
+      )
+    except ValueError as e:
+      raise config_lib.ConfigError(str(e)) from None
+    logging.info(
+      'Initialised %d parameter tensors from %s.',
+      len(copied),
+      config.init_from,
+    )
   labels = train_lib.freeze_labels(params, config.freeze)
   optimizer = train_lib.make_optimizer(config, labels)
   schedule = train_lib.learning_rate_schedule(config)
@@ -322,7 +366,7 @@ def run(
       max_to_keep=config.keep_checkpoints, create=True
     ),
   )
-  state, start_step = _restore(checkpoints, state)
+  state, start_step = _restore(checkpoints, state, workdir)
   writer = MetricWriter(workdir, start_step)
 
   train_split = data.load_split(
@@ -381,6 +425,7 @@ def run(
   signal.signal(signal.SIGTERM, on_sigterm)
 
   last_good = start_step
+  progress = Progress(total_steps, config.batch_size, start_step)
   t_start = time.time()
   t_last, step_last = time.time(), start_step
   train_metrics: dict[str, float] = {}
@@ -393,6 +438,7 @@ def run(
       state, metrics = p_step(state, batch)
       done = step + 1
       is_last = done == total_steps
+      progress.update(done)
       if done % config.log_every == 0 or is_last:
         metrics = jax.device_get(metrics)
         if config.parallelism == 'pmap':
@@ -411,6 +457,7 @@ def run(
         train_metrics = {f'train/{k}': float(v) for k, v in metrics.items()}
         train_metrics['train/img_per_sec'] = img_per_sec
         writer.write(done, train_metrics)
+        progress.clear()
         logging.info(
           'step %d/%d  loss %.4f  shape_acc %.3f  color_acc %.3f  '
           '%.0f img/s  ETA %s',
@@ -428,6 +475,7 @@ def run(
           k: v for k, v in eval_metrics.items() if not k.startswith('conf')
         }
         writer.write(done, scalars)
+        progress.clear()
         logging.info(
           'eval at step %d: %s',
           done,
@@ -450,6 +498,8 @@ def run(
       if is_last:
         break
   finally:
+    progress.clear()
+    writer.close()
     checkpoints.wait_until_finished()
     checkpoints.close()
     signal.signal(signal.SIGTERM, previous_handler)
@@ -477,26 +527,50 @@ def _process_split(split: str) -> str:
 
 
 def _restore(
-  checkpoints: ocp.CheckpointManager, state: train_lib.TrainState
+  checkpoints: ocp.CheckpointManager,
+  state: train_lib.TrainState,
+  workdir: str,
 ) -> tuple[train_lib.TrainState, int]:
-  """The newest readable checkpoint's state, or `state` if there is none."""
+  """The newest readable checkpoint's state, or `state` if there is none.
+
+  An unreadable checkpoint (a crash while writing, a damaged disk) is moved
+  to `<workdir>/damaged_checkpoints/` with a warning, and the one before it
+  is tried; nothing is deleted.
+  """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  damaged = []
+  restored, start = state, 0
+  checkpoints.reload()
   for step in sorted(checkpoints.all_steps(), reverse=True):
     try:
       restored = checkpoints.restore(
         step, args=ocp.args.StandardRestore(abstract)
       )
-    except Exception as e:  # A damaged checkpoint: try the one before.
+    except Exception as e:  # Orbax raises many kinds for damaged files.
       logging.warning(
-        'Checkpoint at step %d is unreadable (%s: %s); trying an older one.',
+        'The checkpoint at step %d is unreadable (%s: %s); trying the one '
+        'before it.',
         step,
         type(e).__name__,
-        str(e).splitlines()[0] if str(e) else '',
+        str(e).splitlines()[0][:200] if str(e) else '',
       )
+      damaged.append(step)
       continue
+    start = int(step)
     logging.info('Resumed from the checkpoint at step %d.', step)
-    return restored, int(step)
-  return state, 0
+    break
+  if damaged and jax.process_index() == 0:
+    aside = os.path.join(workdir, 'damaged_checkpoints')
+    os.makedirs(aside, exist_ok=True)
+    for step in damaged:
+      target = os.path.join(aside, f'{step}_{int(time.time())}')
+      os.replace(os.path.join(str(checkpoints.directory), str(step)), target)
+      logging.warning('Moved the unreadable checkpoint to %s.', target)
+  if damaged:
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('moved damaged checkpoints')
+    checkpoints.reload()
+  return restored, start
 
 
 def run_sweep(

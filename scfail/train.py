@@ -16,6 +16,7 @@ values are carried over untouched, so they stay bit-identical.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -105,6 +106,71 @@ def freeze_labels(params: Params, patterns: Sequence[str]) -> Params:
     for path in flat
   }
   return traverse_util.unflatten_dict(labels, sep='/')
+
+
+def load_run_params(run_dir: str) -> dict[str, np.ndarray]:
+  """The parameters of another run's newest checkpoint, by path.
+
+  Raises:
+    ValueError: `run_dir` holds no readable checkpoint.
+  """
+  import orbax.checkpoint as ocp
+
+  directory = os.path.abspath(os.path.join(run_dir, 'checkpoints'))
+  if not os.path.isdir(directory):
+    raise ValueError(
+      f'config.init_from={run_dir!r} holds no checkpoints/ directory; point '
+      'it at a run directory of scfail.'
+    )
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f'config.init_from={run_dir!r} holds no checkpoint.')
+  restored = manager.restore(step, args=ocp.args.StandardRestore())
+  manager.close()
+  flat = traverse_util.flatten_dict(restored['params'], sep='/')
+  return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def init_from(
+  params: Params, source: dict[str, np.ndarray], patterns: Sequence[str]
+) -> tuple[Params, list[str]]:
+  """Copies the parameters whose paths match `patterns` from `source`.
+
+  Returns:
+    The new parameters and the sorted paths that were copied.
+
+  Raises:
+    ValueError: a pattern matches nothing, a matched parameter is missing
+      from `source`, or its shape differs; the message names the path.
+  """
+  flat = traverse_util.flatten_dict(params, sep='/')
+  regexes = [re.compile(p) for p in patterns]
+  for pattern, regex in zip(patterns, regexes, strict=True):
+    if not any(regex.fullmatch(path) for path in flat):
+      raise ValueError(
+        f'config.init_from_patterns entry {pattern!r} matches no parameter; '
+        f'the parameters are: {", ".join(sorted(flat))}'
+      )
+  copied = []
+  for path, value in flat.items():
+    if not any(r.fullmatch(path) for r in regexes):
+      continue
+    if path not in source:
+      raise ValueError(
+        f'config.init_from: parameter {path!r} is not in the source run '
+        '(a different architecture?); narrow config.init_from_patterns.'
+      )
+    if source[path].shape != value.shape:
+      raise ValueError(
+        f'config.init_from: parameter {path!r} has shape '
+        f'{tuple(source[path].shape)} in the source run but '
+        f'{tuple(value.shape)} here; narrow config.init_from_patterns or '
+        'match the model config.'
+      )
+    flat[path] = jnp.asarray(source[path], value.dtype)
+    copied.append(path)
+  return traverse_util.unflatten_dict(flat, sep='/'), sorted(copied)
 
 
 def learning_rate_schedule(

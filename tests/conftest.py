@@ -1,5 +1,6 @@
 """Shared fixtures: 8 fake CPU devices and one tiny real TFDS build."""
 
+import importlib.util
 import os
 
 # Must happen before JAX initialises its backends.
@@ -9,6 +10,8 @@ os.environ['XLA_FLAGS'] = (
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='session')
@@ -21,26 +24,20 @@ def tfds_dir(tmp_path_factory) -> str:
   return path
 
 
-def tiny_config(tfds_dir: str, **overrides):
-  """A single-run config small enough to train in seconds."""
-  from scfail import config_lib
+def load_config_module(name: str):
+  """The module of configs/<name>.py."""
+  spec = importlib.util.spec_from_file_location(
+    f'configs_{name}', os.path.join(ROOT, 'configs', f'{name}.py')
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
-  c = config_lib.base_config()
-  c.dataset = 'scfail_shapes/tiny'
+
+def tiny_config(tfds_dir: str, **overrides):
+  """configs/tiny.py reading `tfds_dir`, with dotted-key `overrides`."""
+  c = load_config_module('tiny').get_config()
   c.data_dir = tfds_dir
-  c.batch_size = 16
-  c.eval_batch_size = 64
-  c.total_steps = 6
-  c.warmup_steps = 2
-  c.log_every = 2
-  c.eval_every = 3
-  c.checkpoint_every = 3
-  c.eval_max_examples = 64
-  c.model.width = 32
-  c.model.depth = 1
-  c.model.num_heads = 2
-  c.model.mlp_ratio = 2
-  c.model.stem_features = (8, 16)
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split('.')
