@@ -212,7 +212,17 @@ def generate_split(split: str, num_examples: int, image_size: int, seed: int):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """What the study needs to know of a dataset: its names and labels."""
+  """What the study needs to know of a dataset: its labels and splits.
+
+  Attributes:
+    name: the TFDS name, with its config (`scfail_shapes/32px`).
+    shape_key, color_key: the features that hold the two labels.
+    num_shapes, num_colors: their numbers of classes.
+    image_size: side of the square images, in pixels.
+    shape_names, color_names: class names, for plots.
+    splits: study split name (`train`, `test`, `test_texture`, ...) to the
+      TFDS split expression that holds it.
+  """
 
   name: str
   shape_key: str
@@ -222,7 +232,38 @@ class DatasetSpec:
   image_size: int
   shape_names: tuple[str, ...]
   color_names: tuple[str, ...]
-  splits: tuple[str, ...]
+  splits: dict[str, str]
+
+
+# Real datasets with one TFDS split: the study's splits are slices of it.
+_SLICED_SPLITS = {
+  'train': 'train[:80%]',
+  'validation': 'train[80%:90%]',
+  'test': 'train[90%:]',
+}
+_LABEL_KEYS = {'shapes3d': ('label_shape', 'label_object_hue')}
+
+
+def dataset_spec(builder: tfds.core.DatasetBuilder) -> DatasetSpec:
+  """The labels and splits of a supported dataset."""
+  info = builder.info
+  family = info.name
+  shape_key, color_key = _LABEL_KEYS.get(family, ('shape', 'color'))
+  if family == 'scfail_shapes':
+    splits = {name: name for name in builder.builder_config.split_sizes()}
+  else:
+    splits = dict(_SLICED_SPLITS)
+  return DatasetSpec(
+    name=info.full_name,
+    shape_key=shape_key,
+    color_key=color_key,
+    num_shapes=info.features[shape_key].num_classes,
+    num_colors=info.features[color_key].num_classes,
+    image_size=info.features['image'].shape[0],
+    shape_names=tuple(info.features[shape_key].names),
+    color_names=tuple(info.features[color_key].names),
+    splits=splits,
+  )
 
 
 def data_dir_or_default(data_dir: str | None) -> str:
@@ -251,17 +292,21 @@ def get_builder(
       "'scfail_shapes/32px', 'scfail_shapes/64px', 'scfail_shapes/tiny' or "
       "'shapes3d'."
     ) from None
-  if builder.is_prepared():
+  if builder.info.name == 'scfail_shapes':
+    if not builder.is_prepared() and prepare:
+      builder.download_and_prepare()
     return builder
-  if name.split('/')[0] == 'scfail_shapes' and prepare:
-    builder.download_and_prepare()
-    return builder
-  raise ValueError(
-    f'--config.dataset={name!r}: its files are not in the TFDS data '
-    f'directory {data_dir!r}. Download and prepare it there on a machine '
-    'with internet access (tfds build), or point --config.data_dir or '
-    'TFDS_DATA_DIR at a directory that holds it.'
-  )
+  try:
+    # Fails at once when the files are missing; reads nothing.
+    builder.as_dataset(split='train')
+  except Exception:  # TFDS raises AssertionError or a file error here.
+    raise ValueError(
+      f'--config.dataset={name!r}: its files are not in the TFDS data '
+      f'directory {data_dir!r}. Download and prepare it there on a machine '
+      'with internet access (tfds build), or point --config.data_dir or '
+      'TFDS_DATA_DIR at a directory that holds it.'
+    ) from None
+  return builder
 
 
 def load_split(
@@ -281,3 +326,26 @@ def load_split(
   if not parts:
     raise ValueError(f'Split {split!r} of {builder.info.full_name} is empty.')
   return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+
+
+def load_study_split(
+  builder: tfds.core.DatasetBuilder, spec: DatasetSpec, split: str
+) -> dict[str, np.ndarray]:
+  """A study split as `image`, `shape` and `color` arrays.
+
+  Raises:
+    ValueError: the dataset has no such split.
+  """
+  if split not in spec.splits:
+    raise ValueError(
+      f'{spec.name} has no {split!r} split; its splits are '
+      f'{", ".join(spec.splits)}.'
+    )
+  arrays = load_split(
+    builder, spec.splits[split], ('image', spec.shape_key, spec.color_key)
+  )
+  return {
+    'image': arrays['image'],
+    'shape': arrays[spec.shape_key].astype(np.int64),
+    'color': arrays[spec.color_key].astype(np.int64),
+  }

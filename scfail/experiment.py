@@ -12,6 +12,7 @@ into `<workdir>/<variant>/seed_<n>/`, skipping finished runs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -160,9 +161,7 @@ class Evaluator:
 
     def split(name):
       if name not in splits:
-        splits[name] = data.load_split(
-          builder, name, ('image', 'shape', 'color')
-        )
+        splits[name] = data.load_study_split(builder, spec, name)
       return splits[name]
 
     def make(benchmark):
@@ -237,28 +236,6 @@ class Evaluator:
     return metrics
 
 
-def dataset_spec(builder, config) -> data.DatasetSpec:
-  info = builder.info
-  name = config.dataset.split('/')[0]
-  shape_key, color_key = (
-    ('label_shape', 'label_object_hue')
-    if name == 'shapes3d'
-    else ('shape', 'color')
-  )
-  image_shape = info.features['image'].shape
-  return data.DatasetSpec(
-    name=config.dataset,
-    shape_key=shape_key,
-    color_key=color_key,
-    num_shapes=info.features[shape_key].num_classes,
-    num_colors=info.features[color_key].num_classes,
-    image_size=image_shape[0],
-    shape_names=tuple(info.features[shape_key].names),
-    color_names=tuple(info.features[color_key].names),
-    splits=tuple(info.splits.keys()),
-  )
-
-
 def _write_json(path: str, obj: Any) -> None:
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -293,14 +270,30 @@ def run(
     _check_workdir(workdir, config_json, overwrite)
 
   builder = data.get_builder(config.dataset, config.get('data_dir') or None)
-  spec = dataset_spec(builder, config)
+  spec = data.dataset_spec(builder)
+  missing = [
+    b
+    for b in config.benchmarks
+    if benchmarks.BENCHMARKS[b].split not in spec.splits
+  ]
+  if missing:
+    available = [
+      name
+      for name, b in benchmarks.BENCHMARKS.items()
+      if b.split in spec.splits
+    ]
+    raise config_lib.ConfigError(
+      f'config.benchmarks holds {missing}, whose splits {spec.name} does '
+      f'not have; set --config.benchmarks to a subset of {available}.'
+    )
   if spec.image_size != config.image_size:
     raise config_lib.ConfigError(
       f'config.image_size={config.image_size} but {config.dataset} holds '
       f'{spec.image_size}px images; set --config.image_size='
       f'{spec.image_size}.'
     )
-  num_train = builder.info.splits['train'].num_examples
+  train_split = data.load_study_split(builder, _process_spec(spec), 'train')
+  num_train = train_split['shape'].shape[0] * jax.process_count()
   total_steps = config_lib.total_steps(config, num_train)
   with config.unlocked():
     config.total_steps = total_steps
@@ -369,15 +362,10 @@ def run(
   state, start_step = _restore(checkpoints, state, workdir)
   writer = MetricWriter(workdir, start_step)
 
-  train_split = data.load_split(
-    builder,
-    _process_split('train'),
-    ('image', spec.shape_key, spec.color_key),
-  )
   source = input_pipeline.TrainSource(
     images=train_split['image'],
-    shapes=train_split[spec.shape_key].astype(np.int64),
-    colors=train_split[spec.color_key].astype(np.int64),
+    shapes=train_split['shape'],
+    colors=train_split['color'],
     num_shapes=spec.num_shapes,
     num_colors=spec.num_colors,
   )
@@ -517,13 +505,16 @@ def run(
   return summary
 
 
-def _process_split(split: str) -> str:
-  """This process's shard of a split, as on a pod slice."""
+def _process_spec(spec: data.DatasetSpec) -> data.DatasetSpec:
+  """`spec` with its training split cut to this process's shard."""
   if jax.process_count() == 1:
-    return split
+    return spec
   import tensorflow_datasets as tfds
 
-  return tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+  shard = tfds.even_splits(spec.splits['train'], n=jax.process_count())[
+    jax.process_index()
+  ]
+  return dataclasses.replace(spec, splits={**spec.splits, 'train': shard})
 
 
 def _restore(

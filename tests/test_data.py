@@ -1,5 +1,7 @@
 """The dataset, the pair hold-out, the training mixture and evaluation sets."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -136,3 +138,79 @@ def test_evaluation_counts_every_example_once(processes, batch):
 def test_missing_real_dataset_names_the_flag_and_directory(tmp_path):
   with pytest.raises(ValueError, match=r'--config.dataset=.*shapes3d.*'):
     data.get_builder('shapes3d', str(tmp_path))
+
+
+class ScfailShapesBuilderTest(tfds.testing.DatasetBuilderTestCase):
+  """TFDS's own builder harness, on the tiny config."""
+
+  DATASET_CLASS = data.ScfailShapes
+  BUILDER_CONFIG_NAMES_TO_TEST = ['tiny']
+  SKIP_CHECKSUMS = True
+  SPLITS = {
+    'train': 1024,
+    'validation': 256,
+    'test': 512,
+    **{name: 256 for name in data.SHIFT_SPLITS},
+  }
+
+  @classmethod
+  def setUpClass(cls):
+    # Nothing is downloaded, so there is no dummy data to point at.
+    cls.EXAMPLE_DIR = os.path.dirname(__file__)
+    super().setUpClass()
+
+
+def test_shapes3d_goes_through_the_same_layer(tmp_path):
+  from scfail import experiment
+  from tests.conftest import tiny_config
+
+  config = tiny_config(
+    str(tmp_path),
+    dataset='shapes3d',
+    image_size=64,
+    unseen_pairs_per_attribute=1,
+    benchmarks=('iid', 'unseen_pairs', 'cue_conflict'),
+    total_steps=2,
+    eval_every=2,
+    eval_batch_size=32,
+  )
+  with tfds.testing.mock_data(num_examples=320):
+    builder = data.get_builder('shapes3d', str(tmp_path))
+    spec = data.dataset_spec(builder)
+    assert (spec.num_shapes, spec.num_colors) == (4, 10)
+    split = data.load_study_split(builder, spec, 'test')
+    assert split['image'].shape[1:] == (64, 64, 3)
+    assert split['shape'].max() < 4 and split['color'].max() < 10
+    summary = experiment.run(config, str(tmp_path / 'run'))
+  assert 'eval/unseen_pairs/shape_acc' in summary
+  assert 'eval/czsl/auc' in summary
+
+  config.benchmarks = ('iid', 'texture')
+  with tfds.testing.mock_data(num_examples=320):
+    with pytest.raises(ValueError, match=r"holds \['texture'\], whose split"):
+      experiment.run(config, str(tmp_path / 'run2'))
+
+
+def test_evaluation_is_exact_on_1_2_and_8_devices(tfds_dir):
+  import jax
+  from jax.sharding import Mesh
+
+  from scfail import experiment
+  from scfail import train as train_lib
+  from tests.conftest import tiny_config
+
+  config = tiny_config(tfds_dir, eval_batch_size=48, eval_max_examples=0)
+  builder = data.get_builder(config.dataset, tfds_dir)
+  spec = data.dataset_spec(builder)
+  seen = benchmarks.holdout(8, 8, 2)
+  model = train_lib.build_model(config, 8, 8)
+  params = train_lib.init_params(model, 0, 32)
+  results = []
+  for n in (1, 2, 8):
+    mesh = Mesh(np.asarray(jax.devices()[:n]), ('data',))
+    evaluator = experiment.Evaluator(config, builder, spec, seen, model, mesh)
+    results.append(evaluator(params))
+    counts = [es.num_examples for es in evaluator.sets]
+    # The tiny test split: 512 examples, 8 of each of the 64 pairs.
+    assert counts[:2] == [48 * 8, 16 * 8]  # iid, unseen_pairs
+  assert results[0] == results[1] == results[2]
