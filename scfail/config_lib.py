@@ -194,6 +194,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f'config.eval_batch_size={config.eval_batch_size} is not divisible by '
       f'the {devices} devices; use a multiple of {devices}.'
     )
+  shards = config.input_shards or jax.process_count()
+  if config.input_shards < 0 or shards % jax.process_count():
+    raise ConfigError(
+      f'config.input_shards={config.input_shards} must be 0 or a multiple '
+      f'of the {jax.process_count()} processes.'
+    )
+  if config.batch_size % shards or config.batch_size % jax.process_count():
+    raise ConfigError(
+      f'config.batch_size={config.batch_size} is not divisible by the '
+      f'{shards} input shards; use a multiple of {shards}.'
+    )
   if config.parallelism == 'pmap' and jax.process_count() > 1:
     raise ConfigError(
       "config.parallelism='pmap' runs on one process only; use 'jit' on "
@@ -273,6 +284,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from_patterns = ('.*',)  # Which of its parameters to take.
   c.parallelism = 'jit'
   c.num_parallel_seeds = 1
+  # The training stream is cut into this many shards (0: one per process);
+  # each process reads its own. Runs with equal input_shards see the same
+  # global batches, whatever their number of processes.
+  c.input_shards = 0
 
   c.log_every = 50
   c.eval_every = 250

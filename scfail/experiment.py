@@ -266,8 +266,7 @@ def run(
   config_lib.validate(config)
   os.makedirs(workdir, exist_ok=True)
   config_json = config.to_json_best_effort(indent=2, sort_keys=True)
-  if jax.process_index() == 0:
-    _check_workdir(workdir, config_json, overwrite)
+  _check_workdir(workdir, config_json, overwrite)
 
   builder = data.get_builder(config.dataset, config.get('data_dir') or None)
   spec = data.dataset_spec(builder)
@@ -292,8 +291,18 @@ def run(
       f'{spec.image_size}px images; set --config.image_size='
       f'{spec.image_size}.'
     )
-  train_split = data.load_study_split(builder, _process_spec(spec), 'train')
-  num_train = train_split['shape'].shape[0] * jax.process_count()
+  # The training stream is cut into input shards; this process reads its own.
+  shards = config.input_shards or jax.process_count()
+  per_process = shards // jax.process_count()
+  local_shards = range(
+    jax.process_index() * per_process, (jax.process_index() + 1) * per_process
+  )
+  train_parts = [
+    data.load_study_split(builder, _shard_spec(spec, j, shards), 'train')
+    for j in local_shards
+  ]
+  num_train = sum(p['shape'].shape[0] for p in train_parts)
+  num_train *= jax.process_count()
   total_steps = config_lib.total_steps(config, num_train)
   with config.unlocked():
     config.total_steps = total_steps
@@ -362,22 +371,25 @@ def run(
   state, start_step = _restore(checkpoints, state, workdir)
   writer = MetricWriter(workdir, start_step)
 
-  source = input_pipeline.TrainSource(
-    images=train_split['image'],
-    shapes=train_split['shape'],
-    colors=train_split['color'],
-    num_shapes=spec.num_shapes,
-    num_colors=spec.num_colors,
-  )
   evaluator = Evaluator(config, builder, spec, seen, model, mesh)
-  local_batch = config.batch_size // jax.process_count()
-  batches = input_pipeline.train_batches(
-    source,
-    mixture.pair_probabilities(),
-    config.seed,
-    local_batch,
-    start_step,
-    jax.process_index(),
+  batches = input_pipeline.concat_streams(
+    [
+      input_pipeline.train_batches(
+        input_pipeline.TrainSource(
+          images=part['image'],
+          shapes=part['shape'],
+          colors=part['color'],
+          num_shapes=spec.num_shapes,
+          num_colors=spec.num_colors,
+        ),
+        mixture.pair_probabilities(),
+        config.seed,
+        config.batch_size // shards,
+        start_step,
+        shard,
+      )
+      for shard, part in zip(local_shards, train_parts, strict=True)
+    ]
   )
   batch_sharding = NamedSharding(mesh, P('data'))
 
@@ -473,9 +485,15 @@ def run(
         )
         if is_last:
           final_eval = eval_metrics
-      if done % config.checkpoint_every == 0 or is_last or preempted['flag']:
+      stop = preempted['flag']
+      if jax.process_count() > 1:
+        # Every process must save the same step: agree at log steps.
+        stop = done % config.log_every == 0 and bool(
+          multihost_utils.process_allgather(np.asarray(stop)).any()
+        )
+      if done % config.checkpoint_every == 0 or is_last or stop:
         checkpoints.save(done, args=ocp.args.StandardSave(unreplicated(state)))
-      if preempted['flag']:
+      if stop:
         checkpoints.wait_until_finished()
         logging.warning(
           'SIGTERM: saved a checkpoint at step %d and stopped; run the same '
@@ -505,16 +523,16 @@ def run(
   return summary
 
 
-def _process_spec(spec: data.DatasetSpec) -> data.DatasetSpec:
-  """`spec` with its training split cut to this process's shard."""
-  if jax.process_count() == 1:
+def _shard_spec(
+  spec: data.DatasetSpec, shard: int, num_shards: int
+) -> data.DatasetSpec:
+  """`spec` with its training split cut to one of `num_shards` shards."""
+  if num_shards == 1:
     return spec
   import tensorflow_datasets as tfds
 
-  shard = tfds.even_splits(spec.splits['train'], n=jax.process_count())[
-    jax.process_index()
-  ]
-  return dataclasses.replace(spec, splits={**spec.splits, 'train': shard})
+  split = tfds.even_splits(spec.splits['train'], n=num_shards)[shard]
+  return dataclasses.replace(spec, splits={**spec.splits, 'train': split})
 
 
 def _restore(

@@ -61,9 +61,12 @@ def train_indices(
   seed: int,
   local_batch_size: int,
   start_step: int,
-  process_index: int = 0,
+  shard_index: int = 0,
 ) -> tf.data.Dataset:
-  """tf.data stream of `(step, example indices)` from `start_step` on."""
+  """tf.data stream of `(step, example indices)` from `start_step` on.
+
+  The indices of step t are a pure function of (seed, shard_index, t).
+  """
   source.check_covers(probabilities)
   pair_ids = source.pair_ids()
   order = np.argsort(pair_ids, kind='stable')
@@ -77,7 +80,7 @@ def train_indices(
   starts_t = tf.constant(starts, tf.int64)
   cdf_t = tf.constant(cdf, tf.float64)
   last_pair = probabilities.size - 1
-  stream = tf.constant(seed * 7919 + process_index, tf.int64)
+  stream = tf.constant(seed * 7919 + shard_index, tf.int64)
 
   def indices(step):
     u = tf.random.stateless_uniform(
@@ -99,16 +102,16 @@ def train_batches(
   seed: int,
   local_batch_size: int,
   start_step: int = 0,
-  process_index: int = 0,
+  shard_index: int = 0,
 ) -> Iterator[tuple[int, Batch]]:
-  """Yields `(step, batch)` with host NumPy batches of this process."""
+  """Yields `(step, batch)`: host NumPy batches of one input shard."""
   ds = train_indices(
     source,
     probabilities,
     seed,
     local_batch_size,
     start_step,
-    process_index,
+    shard_index,
   )
   for step, index in ds.as_numpy_iterator():
     yield (
@@ -117,6 +120,24 @@ def train_batches(
         'image': source.images[index],
         'shape': source.shapes[index].astype(np.int32),
         'color': source.colors[index].astype(np.int32),
+      },
+    )
+
+
+def concat_streams(
+  streams: list[Iterator[tuple[int, Batch]]],
+) -> Iterator[tuple[int, Batch]]:
+  """Joins the batches of several input shards, step by step, in order."""
+  if len(streams) == 1:
+    yield from streams[0]
+    return
+  for items in zip(*streams, strict=False):
+    steps = {step for step, _ in items}
+    assert len(steps) == 1, steps
+    yield (
+      items[0][0],
+      {
+        k: np.concatenate([batch[k] for _, batch in items]) for k in items[0][1]
       },
     )
 

@@ -24,6 +24,20 @@ _OVERWRITE = flags.DEFINE_bool(
   False,
   'Allow a workdir that holds a run of a different config.',
 )
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'host:port of process 0, for several processes (not needed on TPU pods).',
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  'num_processes', None, 'How many processes take part.'
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  'process_id', None, "This process's index in [0, --num_processes)."
+)
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+  'distributed_timeout', 300, 'Seconds to wait for every process to join.'
+)
 flags.mark_flags_as_required(['config'])
 
 
@@ -49,7 +63,24 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   pylogging.getLogger('absl').addFilter(_QuietLibraries())
+  from scfail import distributed
+
+  try:
+    distributed.initialize(
+      _COORDINATOR.value,
+      _NUM_PROCESSES.value,
+      _PROCESS_ID.value,
+      _DISTRIBUTED_TIMEOUT.value,
+    )
+  except distributed.DistributedError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  import jax
+
   from scfail import config_lib, experiment
+
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(
@@ -61,9 +92,10 @@ def main(argv: list[str]) -> None:
   try:
     if experiment.is_sweep(config):
       experiment.run_sweep(config, workdir, _OVERWRITE.value)
-      from scfail import report
+      if jax.process_index() == 0:
+        from scfail import report
 
-      report.write_report(workdir)
+        logging.info('Report: %s', report.write_report(workdir))
     else:
       summary = experiment.run(config, workdir, _OVERWRITE.value)
       logging.info(

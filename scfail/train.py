@@ -126,7 +126,27 @@ def load_run_params(run_dir: str) -> dict[str, np.ndarray]:
   step = manager.latest_step()
   if step is None:
     raise ValueError(f'config.init_from={run_dir!r} holds no checkpoint.')
-  restored = manager.restore(step, args=ocp.args.StandardRestore())
+  # Restore onto one local device, whatever topology saved it.
+  metadata = ocp.StandardCheckpointer().metadata(
+    os.path.join(directory, str(step), 'default')
+  )
+  tree = getattr(metadata, 'item_metadata', metadata)
+  tree = getattr(tree, 'tree', tree)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    {'params': tree['params']},
+  )
+  restored = manager.restore(
+    step,
+    args=ocp.args.PyTreeRestore(
+      item=target,
+      restore_args=jax.tree.map(
+        lambda _: ocp.ArrayRestoreArgs(sharding=device), target
+      ),
+      partial_restore=True,
+    ),
+  )
   manager.close()
   flat = traverse_util.flatten_dict(restored['params'], sep='/')
   return {k: np.asarray(v) for k, v in flat.items()}
