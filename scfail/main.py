@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging as pylogging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -112,5 +113,30 @@ def main(argv: list[str]) -> None:
     sys.exit(1)
 
 
+def _unknown_field_message(error: Exception, argv: list[str]) -> str:
+  """One line naming the override whose field does not exist."""
+  text = str(error.args[0] if error.args else error)
+  hint = re.search(r'Did you mean \W*(\w+)', text)
+  text = re.sub(r'\\[nt]|Did you mean.*', ' ', text, flags=re.S)
+  names = re.findall(r'[A-Za-z_]\w*', text)
+  name = names[0] if names else text
+  hint = f' Did you mean {hint.group(1)!r}?' if hint else ''
+  for arg in argv:
+    if arg.startswith('--config.'):
+      path = arg[2:].split('=', 1)[0]
+      if path.split('.')[-1] == name:
+        return (
+          f'error: --{path}: the config has no field {name!r}.{hint} The '
+          'fields are those of scfail/config_lib.py base_config().'
+        )
+  return f'error: unknown config field {name!r}.{hint}'
+
+
 if __name__ == '__main__':
-  app.run(main)
+  try:
+    app.run(main)
+  except (AttributeError, KeyError) as e:
+    if not any(a.startswith('--config.') for a in sys.argv):
+      raise
+    print(_unknown_field_message(e, sys.argv), file=sys.stderr)
+    sys.exit(1)

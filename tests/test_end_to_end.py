@@ -86,7 +86,25 @@ def test_pmap_run(tfds_dir, tmp_path):
   assert 0.0 <= summary['eval/iid/shape_acc'] <= 1.0
 
 
-def test_command_line_reports_a_bad_value_in_one_line(tfds_dir, tmp_path):
+@pytest.mark.parametrize(
+  'override, message',
+  [
+    (
+      '--config.model.num_heads=5',
+      'error: config.model.width=96 is not divisible by '
+      'config.model.num_heads=5.',
+    ),
+    (
+      '--config.model.widht=64',
+      "error: --config.model.widht: the config has no field 'widht'. Did "
+      "you mean 'width'? The fields are those of scfail/config_lib.py "
+      'base_config().',
+    ),
+  ],
+)
+def test_command_line_reports_a_bad_value_in_one_line(
+  tfds_dir, tmp_path, override, message
+):
   result = subprocess.run(
     [
       sys.executable,
@@ -94,7 +112,7 @@ def test_command_line_reports_a_bad_value_in_one_line(tfds_dir, tmp_path):
       'scfail.main',
       '--config=configs/baseline.py',
       f'--workdir={tmp_path}',
-      '--config.model.num_heads=5',
+      override,
     ],
     cwd=ROOT,
     capture_output=True,
@@ -106,7 +124,5 @@ def test_command_line_reports_a_bad_value_in_one_line(tfds_dir, tmp_path):
   errors = [
     line for line in result.stderr.splitlines() if line.startswith('error:')
   ]
-  assert errors == [
-    'error: config.model.width=96 is not divisible by config.model.num_heads=5.'
-  ]
+  assert errors == [message]
   assert os.listdir(tmp_path) == []  # Nothing written before the check.
