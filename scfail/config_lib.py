@@ -210,12 +210,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "config.parallelism='pmap' runs on one process only; use 'jit' on "
       'several hosts.'
     )
-  if config.num_parallel_seeds != 1:
-    # TODO: seed-parallel training (vmap over K seeds in one step) is not
-    # built yet; until it is, K > 1 would silently train one seed.
+  if config.num_parallel_seeds > 1 and config.parallelism != 'jit':
     raise ConfigError(
-      f'config.num_parallel_seeds={config.num_parallel_seeds} is not '
-      'supported yet; use 1.'
+      f'config.num_parallel_seeds={config.num_parallel_seeds} needs '
+      f"config.parallelism='jit', not {config.parallelism!r}."
     )
 
 

@@ -153,8 +153,10 @@ class Evaluator:
     seen: np.ndarray,
     model,
     mesh,
+    vmapped: bool = False,
   ):
     self.seen = seen
+    self.vmapped = vmapped
     self.spec = spec
     max_examples = config.get('eval_max_examples', 0) or None
     splits: dict[str, dict[str, np.ndarray]] = {}
@@ -180,27 +182,62 @@ class Evaluator:
     self.czsl = make(czsl) if (~seen).any() else None
     self.sharding = NamedSharding(mesh, P('data'))
     self.replicated = NamedSharding(mesh, P())
+    outputs = functools.partial(train_lib.eval_outputs, model=model)
+    if vmapped:
+      # Parameters of several seeds, stacked: one output per seed.
+      outputs = jax.vmap(outputs, in_axes=(0, None))
     self._outputs = jax.jit(
-      functools.partial(train_lib.eval_outputs, model=model),
+      outputs,
       in_shardings=(self.replicated, self.sharding),
-      out_shardings=self.sharding,
+      out_shardings=NamedSharding(mesh, P(None, 'data'))
+      if vmapped
+      else self.sharding,
     )
 
   def _collect(self, params, eval_set) -> dict[str, np.ndarray]:
+    """Outputs and labels of a whole set; with a seed axis when vmapped."""
     parts = []
     for batch in eval_set.batches:
       batch = input_pipeline.make_global(batch, self.sharding)
       out = self._outputs(params, batch)
       out.update({k: batch[k] for k in ('shape', 'color', 'mask')})
       parts.append(out)
-    return {k: np.concatenate([_host(p[k]) for p in parts]) for k in parts[0]}
+    return {
+      k: np.concatenate(
+        [_host(p[k]) for p in parts],
+        axis=1 if self.vmapped and k.endswith('_logp') else 0,
+      )
+      for k in parts[0]
+    }
 
-  def __call__(self, params, final: bool = False) -> dict[str, Any]:
-    """Metrics named `eval/<benchmark>/<metric>`; confusions when final."""
+  def __call__(self, params, final: bool = False):
+    """Metrics named `eval/<benchmark>/<metric>`; confusions when final.
+
+    Returns one dict, or when `vmapped` a list of dicts, one per seed of
+    the stacked `params`.
+    """
+    collected = [(s, self._collect(params, s)) for s in self.sets]
+    czsl = self._collect(params, self.czsl) if self.czsl else None
+    if not self.vmapped:
+      return self._metrics(collected, czsl, final)
+    num_seeds = jax.tree.leaves(params)[0].shape[0]
+
+    def lane(out, i):
+      return {k: v[i] if k.endswith('_logp') else v for k, v in out.items()}
+
+    return [
+      self._metrics(
+        [(s, lane(out, i)) for s, out in collected],
+        lane(czsl, i) if czsl else None,
+        final,
+      )
+      for i in range(num_seeds)
+    ]
+
+  def _metrics(self, collected, czsl_out, final: bool) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
-    for eval_set in self.sets:
+    for eval_set, out in collected:
       b = eval_set.benchmark
-      out = self._collect(params, eval_set)
       n = int(out['mask'].sum())
       assert n == eval_set.num_examples, (n, eval_set.num_examples)
       for head in b.scores:
@@ -222,8 +259,8 @@ class Evaluator:
           metrics[f'confusion/{head}'] = evaluate.confusion_matrix(
             out[f'{head}_logp'], out[head], out['mask']
           ).tolist()
-    if self.czsl is not None:
-      out = self._collect(params, self.czsl)
+    if czsl_out is not None:
+      out = czsl_out
       czsl = evaluate.czsl_metrics(
         out['shape_logp'],
         out['color_logp'],
@@ -243,14 +280,26 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
+# Fields that change how a run is computed, not what it computes.
+_EXECUTION_FIELDS = ('num_parallel_seeds', 'parallelism')
+
+
+def _config_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
 def _check_workdir(workdir: str, config_json: str, overwrite: bool) -> None:
   """Refuses a workdir that holds a run of a different config."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path) or overwrite:
     return
   with open(path) as f:
-    previous = f.read()
-  if json.loads(previous) != json.loads(config_json):
+    previous = json.load(f)
+  current = json.loads(config_json)
+  for field in _EXECUTION_FIELDS:
+    previous.pop(field, None)
+    current.pop(field, None)
+  if previous != current:
     raise config_lib.ConfigError(
       f'{workdir} holds a run with a different config.json; pass '
       '--overwrite to replace it, or choose another --workdir.'
@@ -262,11 +311,57 @@ def run(
   workdir: str,
   overwrite: bool = False,
 ) -> dict[str, Any]:
-  """Trains and evaluates one model; returns what `summary.json` holds."""
+  """Trains and evaluates one model; returns what `summary.json` holds.
+
+  With `config.num_parallel_seeds = K > 1`, trains seeds `config.seed` to
+  `config.seed + K - 1` together, in one vmapped step, into
+  `<workdir>/seed_<n>/` (the files K separate runs would write there), and
+  returns `{'seed_<n>': summary}`.
+  """
+  k = config.num_parallel_seeds
+  if k == 1:
+    return run_seeds(config, [config.seed], [workdir], overwrite)[0]
+  seeds = [config.seed + i for i in range(k)]
+  dirs = [os.path.join(workdir, f'seed_{s}') for s in seeds]
+  summaries = run_seeds(config, seeds, dirs, overwrite)
+  return {f'seed_{s}': m for s, m in zip(seeds, summaries, strict=True)}
+
+
+def _stack(trees: list[Any]) -> Any:
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def run_seeds(
+  config: ml_collections.ConfigDict,
+  seeds: list[int],
+  workdirs: list[str],
+  overwrite: bool = False,
+) -> list[dict[str, Any]]:
+  """Trains one model per seed, together when there are several.
+
+  Each seed has its own initial parameters, data order, metrics,
+  checkpoints and summary in its own work directory, exactly as separate
+  runs would. Several seeds are trained in one jitted step, vmapped over a
+  leading seed axis, which fills a large accelerator with a small model.
+
+  Returns:
+    The summaries, in the order of `seeds`.
+  """
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  config_json = config.to_json_best_effort(indent=2, sort_keys=True)
-  _check_workdir(workdir, config_json, overwrite)
+  num_seeds = len(seeds)
+  vmapped = num_seeds > 1
+  if vmapped and config.parallelism != 'jit':
+    raise config_lib.ConfigError(
+      f'config.num_parallel_seeds={num_seeds} needs '
+      f"config.parallelism='jit', not {config.parallelism!r}."
+    )
+  lane_configs = []
+  for seed, workdir in zip(seeds, workdirs, strict=True):
+    lane = copy.deepcopy(config)
+    lane.seed = seed
+    lane_configs.append(lane)
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir(workdir, _config_json(lane), overwrite)
 
   builder = data.get_builder(config.dataset, config.get('data_dir') or None)
   spec = data.dataset_spec(builder)
@@ -304,6 +399,9 @@ def run(
   num_train = sum(p['shape'].shape[0] for p in train_parts)
   num_train *= jax.process_count()
   total_steps = config_lib.total_steps(config, num_train)
+  for lane in lane_configs:
+    with lane.unlocked():
+      lane.total_steps = total_steps
   with config.unlocked():
     config.total_steps = total_steps
   seen = benchmarks.holdout(
@@ -312,40 +410,45 @@ def run(
   mixture = benchmarks.Mixture(seen, config.correlation)
 
   model = train_lib.build_model(config, spec.num_shapes, spec.num_colors)
-  params = train_lib.init_params(model, config.seed, config.image_size)
-  if config.init_from:
-    try:
-      source = train_lib.load_run_params(config.init_from)
-      params, copied = train_lib.init_from(
-        params, source, config.init_from_patterns
+  lane_params = []
+  for seed in seeds:
+    params = train_lib.init_params(model, seed, config.image_size)
+    if config.init_from:
+      try:
+        source = train_lib.load_run_params(config.init_from)
+        params, copied = train_lib.init_from(
+          params, source, config.init_from_patterns
+        )
+      except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from None
+      logging.info(
+        'Initialised %d parameter tensors from %s.',
+        len(copied),
+        config.init_from,
       )
-    except ValueError as e:
-      raise config_lib.ConfigError(str(e)) from None
-    logging.info(
-      'Initialised %d parameter tensors from %s.',
-      len(copied),
-      config.init_from,
-    )
+    lane_params.append(params)
+  params = lane_params[0]
   labels = train_lib.freeze_labels(params, config.freeze)
   optimizer = train_lib.make_optimizer(config, labels)
   schedule = train_lib.learning_rate_schedule(config)
-  step_fn = functools.partial(
-    train_lib.train_step,
+  step_kwargs = dict(
     model=model,
     optimizer=optimizer,
     labels=labels,
     schedule=schedule,
     loss_weights=dict(config.loss_weights),
-    seed=config.seed,
   )
   mesh = train_lib.make_mesh()
   replicated = NamedSharding(mesh, P())
-  state = train_lib.create_train_state(params, optimizer)
-  state = jax.device_put(state, replicated)
+  lane_states = [
+    jax.device_get(train_lib.create_train_state(p, optimizer))
+    for p in lane_params
+  ]
 
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config_json)
+  for lane, workdir in zip(lane_configs, workdirs, strict=True):
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(_config_json(lane))
   frozen = [
     p
     for p, label in zip(
@@ -356,45 +459,64 @@ def run(
     if label == train_lib.FROZEN
   ]
   logging.info(
-    'Model: %s parameters, %d frozen tensors%s.',
+    'Model: %s parameters, %d frozen tensors%s%s.',
     f'{train_lib.count_params(params):,}',
     len(frozen),
     (': ' + ', '.join(frozen)) if frozen else '',
+    f'; {num_seeds} seeds trained together' if vmapped else '',
   )
 
-  checkpoints = ocp.CheckpointManager(
-    os.path.abspath(os.path.join(workdir, 'checkpoints')),
-    options=ocp.CheckpointManagerOptions(
-      max_to_keep=config.keep_checkpoints, create=True
-    ),
+  managers = [
+    ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, 'checkpoints')),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=config.keep_checkpoints, create=True
+      ),
+    )
+    for workdir in workdirs
+  ]
+  restored, start_step = _restore_lanes(
+    managers, [jax.device_put(s, replicated) for s in lane_states], workdirs
   )
-  state, start_step = _restore(checkpoints, state, workdir)
-  writer = MetricWriter(workdir, start_step)
+  if vmapped:
+    state = jax.device_put(_stack(jax.device_get(restored)), replicated)
+  else:
+    state = restored[0]
+  writers = [MetricWriter(w, start_step) for w in workdirs]
+  evaluator = Evaluator(
+    config, builder, spec, seen, model, mesh, vmapped=vmapped
+  )
 
-  evaluator = Evaluator(config, builder, spec, seen, model, mesh)
-  batches = input_pipeline.concat_streams(
-    [
-      input_pipeline.train_batches(
-        input_pipeline.TrainSource(
-          images=part['image'],
-          shapes=part['shape'],
-          colors=part['color'],
-          num_shapes=spec.num_shapes,
-          num_colors=spec.num_colors,
-        ),
-        mixture.pair_probabilities(),
-        config.seed,
-        config.batch_size // shards,
-        start_step,
-        shard,
-      )
-      for shard, part in zip(local_shards, train_parts, strict=True)
-    ]
-  )
-  batch_sharding = NamedSharding(mesh, P('data'))
+  def seed_stream(seed):
+    return input_pipeline.concat_streams(
+      [
+        input_pipeline.train_batches(
+          input_pipeline.TrainSource(
+            images=part['image'],
+            shapes=part['shape'],
+            colors=part['color'],
+            num_shapes=spec.num_shapes,
+            num_colors=spec.num_colors,
+          ),
+          mixture.pair_probabilities(),
+          seed,
+          config.batch_size // shards,
+          start_step,
+          shard,
+        )
+        for shard, part in zip(local_shards, train_parts, strict=True)
+      ]
+    )
+
+  if vmapped:
+    batches = input_pipeline.stack_streams([seed_stream(s) for s in seeds])
+  else:
+    batches = seed_stream(seeds[0])
 
   if config.parallelism == 'pmap':
-    p_step = train_lib.pmap_train_step(step_fn)
+    p_step = train_lib.pmap_train_step(
+      functools.partial(train_lib.train_step, seed=seeds[0], **step_kwargs)
+    )
     state = train_lib.replicate_for_pmap(state)
     n_local = jax.local_device_count()
 
@@ -403,17 +525,47 @@ def run(
       return step, {
         k: v.reshape((n_local, -1) + v.shape[1:]) for k, v in batch.items()
       }
+  elif vmapped:
+    batch_sharding = NamedSharding(mesh, P(None, 'data'))
+    seed_array = jax.device_put(np.asarray(seeds, np.int32), replicated)
+    vstep = jax.jit(
+      jax.vmap(
+        lambda st, b, sd: train_lib.train_step(st, b, seed=sd, **step_kwargs)
+      ),
+      in_shardings=(replicated, batch_sharding, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+    )
+
+    def p_step(state, batch):
+      return vstep(state, batch, seed_array)
+
+    def put(item):
+      step, batch = item
+      return step, input_pipeline.make_global(batch, batch_sharding)
   else:
-    p_step = train_lib.jit_train_step(step_fn, mesh)
+    p_step = train_lib.jit_train_step(
+      functools.partial(train_lib.train_step, seed=seeds[0], **step_kwargs),
+      mesh,
+    )
+    batch_sharding = NamedSharding(mesh, P('data'))
 
     def put(item):
       step, batch = item
       return step, input_pipeline.make_global(batch, batch_sharding)
 
-  def unreplicated(state):
+  def lane_state(state, i):
+    """Seed i's state, as a single run holds it (for checkpoints)."""
     if config.parallelism == 'pmap':
       return jax.device_put(jax.tree.map(lambda x: x[0], state), replicated)
+    if vmapped:
+      return jax.tree.map(lambda x: x[i], state)
     return state
+
+  def lane_metrics(metrics, i):
+    if config.parallelism == 'pmap' or vmapped:
+      return {k: v[i] for k, v in metrics.items()}
+    return metrics
 
   preempted = {'flag': False}
   previous_handler = signal.getsignal(signal.SIGTERM)
@@ -424,13 +576,13 @@ def run(
 
   signal.signal(signal.SIGTERM, on_sigterm)
 
+  images_per_step = config.batch_size * num_seeds
   last_good = start_step
-  progress = Progress(total_steps, config.batch_size, start_step)
+  progress = Progress(total_steps, images_per_step, start_step)
   t_start = time.time()
   t_last, step_last = time.time(), start_step
-  train_metrics: dict[str, float] = {}
-  final_eval: dict[str, Any] = {}
-  step = start_step
+  train_metrics: list[dict[str, float]] = [{} for _ in seeds]
+  final_eval: list[dict[str, Any]] = [{} for _ in seeds]
   try:
     for step, batch in input_pipeline.prefetch(iter(batches), put):
       if step >= total_steps:
@@ -441,50 +593,60 @@ def run(
       progress.update(done)
       if done % config.log_every == 0 or is_last:
         metrics = jax.device_get(metrics)
-        if config.parallelism == 'pmap':
-          metrics = jax.tree.map(lambda x: x[0], metrics)
-        if not all(math.isfinite(float(v)) for v in metrics.values()):
-          raise TrainingDiverged(
-            f'The loss became NaN or infinite between steps {last_good} '
-            f'and {done}; the last good checkpoint is kept. Lower '
-            'config.learning_rate or set config.grad_clip.'
-          )
-        last_good = done
         now = time.time()
-        img_per_sec = (done - step_last) * config.batch_size / (now - t_last)
-        eta = (total_steps - done) * config.batch_size / max(img_per_sec, 1)
+        img_per_sec = (done - step_last) * images_per_step / (now - t_last)
+        eta = (total_steps - done) * images_per_step / max(img_per_sec, 1)
         t_last, step_last = now, done
-        train_metrics = {f'train/{k}': float(v) for k, v in metrics.items()}
-        train_metrics['train/img_per_sec'] = img_per_sec
-        writer.write(done, train_metrics)
+        for i, seed in enumerate(seeds):
+          m = lane_metrics(metrics, i)
+          if not all(math.isfinite(float(v)) for v in m.values()):
+            raise TrainingDiverged(
+              f'The loss of seed {seed} became NaN or infinite between '
+              f'steps {last_good} and {done}; the last good checkpoint is '
+              'kept. Lower config.learning_rate or set config.grad_clip.'
+            )
+          train_metrics[i] = {f'train/{k}': float(v) for k, v in m.items()}
+          train_metrics[i]['train/img_per_sec'] = img_per_sec / num_seeds
+          writers[i].write(done, train_metrics[i])
+        last_good = done
         progress.clear()
+        m = lane_metrics(metrics, 0)
         logging.info(
           'step %d/%d  loss %.4f  shape_acc %.3f  color_acc %.3f  '
-          '%.0f img/s  ETA %s',
+          '%.0f img/s  ETA %s%s',
           done,
           total_steps,
-          metrics['loss'],
-          metrics['shape_acc'],
-          metrics['color_acc'],
+          m['loss'],
+          m['shape_acc'],
+          m['color_acc'],
           img_per_sec,
           time.strftime('%H:%M:%S', time.gmtime(eta)),
+          f'  (seed {seeds[0]} of {num_seeds})' if vmapped else '',
         )
       if done % config.eval_every == 0 or is_last:
-        eval_metrics = evaluator(unreplicated(state).params, final=is_last)
-        scalars = {
-          k: v for k, v in eval_metrics.items() if not k.startswith('conf')
-        }
-        writer.write(done, scalars)
+        if vmapped:
+          results = evaluator(state.params, final=is_last)
+        else:
+          results = [evaluator(lane_state(state, 0).params, final=is_last)]
+        for i, eval_metrics in enumerate(results):
+          scalars = {
+            k: v for k, v in eval_metrics.items() if not k.startswith('conf')
+          }
+          writers[i].write(done, scalars)
+          if is_last:
+            final_eval[i] = eval_metrics
         progress.clear()
+        scalars = {
+          k: v for k, v in results[0].items() if not k.startswith('conf')
+        }
         logging.info(
-          'eval at step %d: %s',
+          'eval at step %d%s: %s',
           done,
+          f' (seed {seeds[0]})' if vmapped else '',
           '  '.join(
             f'{k[5:]} {v:.3f}' for k, v in scalars.items() if 'acc' in k
           ),
         )
-        if is_last:
-          final_eval = eval_metrics
       stop = preempted['flag']
       if jax.process_count() > 1:
         # Every process must save the same step: agree at log steps.
@@ -492,9 +654,11 @@ def run(
           multihost_utils.process_allgather(np.asarray(stop)).any()
         )
       if done % config.checkpoint_every == 0 or is_last or stop:
-        checkpoints.save(done, args=ocp.args.StandardSave(unreplicated(state)))
+        for i, manager in enumerate(managers):
+          manager.save(done, args=ocp.args.StandardSave(lane_state(state, i)))
       if stop:
-        checkpoints.wait_until_finished()
+        for manager in managers:
+          manager.wait_until_finished()
         logging.warning(
           'SIGTERM: saved a checkpoint at step %d and stopped; run the same '
           'command again to resume.',
@@ -505,22 +669,27 @@ def run(
         break
   finally:
     progress.clear()
-    writer.close()
-    checkpoints.wait_until_finished()
-    checkpoints.close()
+    for writer in writers:
+      writer.close()
+    for manager in managers:
+      manager.wait_until_finished()
+      manager.close()
     signal.signal(signal.SIGTERM, previous_handler)
 
-  summary = {
-    'step': total_steps,
-    'num_params': train_lib.count_params(params),
-    'frozen': frozen,
-    'wall_seconds_this_session': time.time() - t_start,
-  }
-  summary.update(train_metrics)
-  summary.update(final_eval)
-  if jax.process_index() == 0:
-    _write_json(os.path.join(workdir, 'summary.json'), summary)
-  return summary
+  summaries = []
+  for i, workdir in enumerate(workdirs):
+    summary = {
+      'step': total_steps,
+      'num_params': train_lib.count_params(params),
+      'frozen': frozen,
+      'wall_seconds_this_session': time.time() - t_start,
+    }
+    summary.update(train_metrics[i])
+    summary.update(final_eval[i])
+    if jax.process_index() == 0:
+      _write_json(os.path.join(workdir, 'summary.json'), summary)
+    summaries.append(summary)
+  return summaries
 
 
 def _shard_spec(
@@ -582,28 +751,87 @@ def _restore(
   return restored, start
 
 
+def _restore_lanes(
+  managers: list[ocp.CheckpointManager],
+  states: list[train_lib.TrainState],
+  workdirs: list[str],
+) -> tuple[list[train_lib.TrainState], int]:
+  """Every seed's state at the newest step that all of them can restore."""
+  results = [
+    _restore(m, s, w)
+    for m, s, w in zip(managers, states, workdirs, strict=True)
+  ]
+  steps = [step for _, step in results]
+  common = min(steps)
+  if all(step == common for step in steps):
+    return [state for state, _ in results], common
+  try:
+    lanes = []
+    for manager, state in zip(managers, states, strict=True):
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+      lanes.append(
+        state
+        if common == 0
+        else manager.restore(common, args=ocp.args.StandardRestore(abstract))
+      )
+  except Exception as e:  # A seed lacks that step: start all again.
+    logging.warning(
+      'The seeds were checkpointed at different steps %s and cannot all '
+      'restore step %d (%s); starting them all from the beginning.',
+      steps,
+      common,
+      type(e).__name__,
+    )
+    return states, 0
+  logging.info('Resumed every seed from step %d.', common)
+  return lanes, common
+
+
 def run_sweep(
   config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False
 ) -> dict[str, dict[int, dict[str, Any]]]:
-  """Runs every variant and seed; skips runs whose summary.json exists."""
-  runs = []
+  """Runs every variant and seed; skips runs whose summary.json exists.
+
+  With `num_parallel_seeds = K`, the unfinished seeds of a variant are
+  trained K at a time.
+  """
+  plan = []
   for name, overrides in config.variants.items():
-    for seed in config.seeds:
-      run_config = variant_config(config, dict(overrides), int(seed))
-      config_lib.validate(run_config)
-      runs.append((name, int(seed), run_config))
+    run_config = variant_config(config, dict(overrides), int(config.seeds[0]))
+    config_lib.validate(run_config)
+    plan.append((name, run_config, [int(s) for s in config.seeds]))
 
   results: dict[str, dict[int, dict[str, Any]]] = {}
-  for i, (name, seed, run_config) in enumerate(runs):
-    run_dir = os.path.join(workdir, name, f'seed_{seed}')
-    summary_path = os.path.join(run_dir, 'summary.json')
-    if os.path.exists(summary_path):
-      logging.info('Run %s/seed_%d is finished; skipping it.', name, seed)
-      with open(summary_path) as f:
-        results.setdefault(name, {})[seed] = json.load(f)
-      continue
-    logging.info('Run %d/%d: %s, seed %d.', i + 1, len(runs), name, seed)
-    results.setdefault(name, {})[seed] = run(run_config, run_dir, overwrite)
+  total = sum(len(seeds) for _, _, seeds in plan)
+  done = 0
+  for name, run_config, seeds in plan:
+    todo = []
+    for seed in seeds:
+      run_dir = os.path.join(workdir, name, f'seed_{seed}')
+      summary_path = os.path.join(run_dir, 'summary.json')
+      if os.path.exists(summary_path):
+        logging.info('Run %s/seed_%d is finished; skipping it.', name, seed)
+        with open(summary_path) as f:
+          results.setdefault(name, {})[seed] = json.load(f)
+        done += 1
+      else:
+        todo.append(seed)
+    k = run_config.num_parallel_seeds
+    for start in range(0, len(todo), k):
+      group = todo[start : start + k]
+      done += len(group)
+      logging.info(
+        'Runs %d/%d: %s, seed%s %s.',
+        done,
+        total,
+        name,
+        's' if len(group) > 1 else '',
+        ', '.join(map(str, group)),
+      )
+      dirs = [os.path.join(workdir, name, f'seed_{s}') for s in group]
+      summaries = run_seeds(run_config, group, dirs, overwrite)
+      for seed, summary in zip(group, summaries, strict=True):
+        results.setdefault(name, {})[seed] = summary
   return results
 
 

@@ -142,6 +142,19 @@ def concat_streams(
     )
 
 
+def stack_streams(
+  streams: list[Iterator[tuple[int, Batch]]],
+) -> Iterator[tuple[int, Batch]]:
+  """Stacks the batches of several seeds along a new leading axis."""
+  for items in zip(*streams, strict=False):
+    steps = {step for step, _ in items}
+    assert len(steps) == 1, steps
+    yield (
+      items[0][0],
+      {k: np.stack([batch[k] for _, batch in items]) for k in items[0][1]},
+    )
+
+
 def prefetch(iterator: Iterator, put: Callable, size: int = 2) -> Iterator:
   """Applies `put` (a host-to-device transfer) in a thread, `size` ahead."""
   buffer: queue.Queue = queue.Queue(maxsize=size)
