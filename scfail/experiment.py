@@ -583,8 +583,16 @@ def run_seeds(
   t_last, step_last = time.time(), start_step
   train_metrics: list[dict[str, float]] = [{} for _ in seeds]
   final_eval: list[dict[str, Any]] = [{} for _ in seeds]
+  feed = input_pipeline.prefetch(iter(batches), put)
   try:
-    for step, batch in input_pipeline.prefetch(iter(batches), put):
+    waited = 0.0  # Seconds the loop spent waiting for input since last log.
+    while True:
+      t_wait = time.time()
+      try:
+        step, batch = next(feed)
+      except StopIteration:
+        break
+      waited += time.time() - t_wait
       if step >= total_steps:
         break
       state, metrics = p_step(state, batch)
@@ -596,7 +604,8 @@ def run_seeds(
         now = time.time()
         img_per_sec = (done - step_last) * images_per_step / (now - t_last)
         eta = (total_steps - done) * images_per_step / max(img_per_sec, 1)
-        t_last, step_last = now, done
+        input_wait = waited / max(now - t_last, 1e-9)
+        t_last, step_last, waited = now, done, 0.0
         for i, seed in enumerate(seeds):
           m = lane_metrics(metrics, i)
           if not all(math.isfinite(float(v)) for v in m.values()):
@@ -607,6 +616,8 @@ def run_seeds(
             )
           train_metrics[i] = {f'train/{k}': float(v) for k, v in m.items()}
           train_metrics[i]['train/img_per_sec'] = img_per_sec / num_seeds
+          # Fraction of the wall time spent waiting for the input pipeline.
+          train_metrics[i]['train/input_wait'] = input_wait
           writers[i].write(done, train_metrics[i])
         last_good = done
         progress.clear()
@@ -668,6 +679,7 @@ def run_seeds(
       if is_last:
         break
   finally:
+    feed.close()
     progress.clear()
     for writer in writers:
       writer.close()
