@@ -21,19 +21,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   preset = config_lib.parse_arg(arg, ('cpu', 'full'))
   config = config_lib.base_config()
   if preset == 'full':
-    config.dataset = 'scfail_shapes/64px'
-    config.image_size = 64
-    config.batch_size = 512
-    config.total_steps = 20_000
-    config.warmup_steps = 1_000
-    config.learning_rate = 1e-3
-    config.eval_every = 2_000
-    config.checkpoint_every = 2_000
-    config.log_every = 100
-    config.model.width = 384
-    config.model.depth = 8
-    config.model.num_heads = 6
-    config.model.mlp_ratio = 4
-    config.model.stem_features = (64, 128, 256)
-    config.model.dtype = 'bfloat16'
+    config_lib.apply_full_preset(config)
   return config

@@ -292,3 +292,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
   return c
+
+
+def apply_full_preset(c: ml_collections.ConfigDict) -> None:
+  """Turns `c` into the accelerator-sized study: 64 px, a larger model."""
+  c.dataset = 'scfail_shapes/64px'
+  c.image_size = 64
+  c.batch_size = 512
+  c.eval_batch_size = 1024
+  c.total_steps = 20_000
+  c.warmup_steps = 1_000
+  c.learning_rate = 1e-3
+  c.eval_every = 2_000
+  c.checkpoint_every = 2_000
+  c.log_every = 100
+  c.eval_max_examples = 0
+  c.model.width = 384
+  c.model.depth = 8
+  c.model.num_heads = 6
+  c.model.mlp_ratio = 4
+  c.model.stem_features = (64, 128, 256)
+  c.model.dtype = 'bfloat16'
