@@ -19,8 +19,9 @@ class Benchmark:
   Attributes:
     name: the key used in metrics, `eval/<name>/...`.
     split: the dataset split it reads.
-    pairs: which pairs it keeps: 'seen', 'unseen', 'conflict' (the color is
-      the diagnostic color of another shape) or 'all'.
+    pairs: which pairs it keeps: 'seen', 'unseen', 'conflict' (seen pairs
+      whose color is the diagnostic color of another shape, so that shape
+      bias is not mixed with zero-shot failures) or 'all'.
     scores: the attributes it scores, among 'shape' and 'color'.
   """
 
@@ -100,7 +101,7 @@ def pair_filter(benchmark: Benchmark, seen: np.ndarray) -> np.ndarray:
     is_diagnostic[np.arange(num_shapes), diag] = True
     # The color is diagnostic of some shape, but not of this one.
     keep[:, diag] = True
-    return keep & ~is_diagnostic
+    return keep & ~is_diagnostic & seen
   raise ValueError(f'Unknown pair set {benchmark.pairs!r}.')
 
 

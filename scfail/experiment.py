@@ -15,10 +15,12 @@ import copy
 import dataclasses
 import functools
 import json
+import logging as pylogging
 import math
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -33,6 +35,24 @@ from jax.sharding import PartitionSpec as P
 
 from scfail import benchmarks, config_lib, data, evaluate, input_pipeline
 from scfail import train as train_lib
+
+
+class _QuietLibraries(pylogging.Filter):
+  """Drops the INFO chatter of Orbax and TFDS; warnings still show."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    noisy = any(
+      f'{os.sep}{lib}{os.sep}' in record.pathname
+      for lib in ('orbax', 'tensorflow_datasets', 'etils')
+    )
+    return not noisy or record.levelno >= pylogging.WARNING
+
+
+def quiet_library_logs() -> None:
+  """Hides the INFO logs of Orbax and TFDS (for the command and notebooks)."""
+  logger = pylogging.getLogger('absl')
+  if not any(isinstance(f, _QuietLibraries) for f in logger.filters):
+    logger.addFilter(_QuietLibraries())
 
 
 class TrainingDiverged(RuntimeError):
@@ -363,6 +383,15 @@ def run_seeds(
     os.makedirs(workdir, exist_ok=True)
     _check_workdir(workdir, _config_json(lane), overwrite)
 
+  finished = [os.path.join(w, 'summary.json') for w in workdirs]
+  if all(os.path.exists(path) for path in finished):
+    logging.info('Already finished: %s; nothing to do.', ', '.join(workdirs))
+    summaries = []
+    for path in finished:
+      with open(path) as f:
+        summaries.append(json.load(f))
+    return summaries
+
   builder = data.get_builder(config.dataset, config.get('data_dir') or None)
   spec = data.dataset_spec(builder)
   missing = [
@@ -568,13 +597,17 @@ def run_seeds(
     return metrics
 
   preempted = {'flag': False}
-  previous_handler = signal.getsignal(signal.SIGTERM)
+  # Signal handlers can only be set from the main thread; a run started in
+  # another thread (a notebook's background job) does without.
+  in_main_thread = threading.current_thread() is threading.main_thread()
+  if in_main_thread:
+    previous_handler = signal.getsignal(signal.SIGTERM)
 
-  def on_sigterm(signum, frame):
-    del signum, frame
-    preempted['flag'] = True
+    def on_sigterm(signum, frame):
+      del signum, frame
+      preempted['flag'] = True
 
-  signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
   images_per_step = config.batch_size * num_seeds
   last_good = start_step
@@ -686,7 +719,16 @@ def run_seeds(
     for manager in managers:
       manager.wait_until_finished()
       manager.close()
-    signal.signal(signal.SIGTERM, previous_handler)
+    if in_main_thread:
+      signal.signal(signal.SIGTERM, previous_handler)
+
+  if start_step >= total_steps and not final_eval[0]:
+    # Killed after its last checkpoint but before its summary: evaluate the
+    # final state again rather than train.
+    if vmapped:
+      final_eval = evaluator(state.params, final=True)
+    else:
+      final_eval = [evaluator(lane_state(state, 0).params, final=True)]
 
   summaries = []
   for i, workdir in enumerate(workdirs):

@@ -6,7 +6,6 @@ python -m scfail.main --config=configs/ablate.py [--workdir=DIR]
 
 from __future__ import annotations
 
-import logging as pylogging
 import os
 import re
 import sys
@@ -49,22 +48,12 @@ def default_workdir(config_arg: str) -> str:
   return os.path.join('runs', f'{name}_{preset}' if preset else name)
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Drops the INFO chatter of Orbax and TFDS; warnings still show."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    noisy = any(
-      f'{os.sep}{lib}{os.sep}' in record.pathname
-      for lib in ('orbax', 'tensorflow_datasets', 'etils')
-    )
-    return not noisy or record.levelno >= pylogging.WARNING
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  pylogging.getLogger('absl').addFilter(_QuietLibraries())
-  from scfail import distributed
+  from scfail import distributed, experiment
+
+  experiment.quiet_library_logs()
 
   try:
     distributed.initialize(
@@ -78,7 +67,7 @@ def main(argv: list[str]) -> None:
     sys.exit(1)
   import jax
 
-  from scfail import config_lib, experiment
+  from scfail import config_lib
 
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)

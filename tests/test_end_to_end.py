@@ -126,3 +126,19 @@ def test_command_line_reports_a_bad_value_in_one_line(
   ]
   assert errors == [message]
   assert os.listdir(tmp_path) == []  # Nothing written before the check.
+
+
+def test_a_finished_run_is_not_trained_again(finished_run, tfds_dir, tmp_path):
+  workdir, summary = finished_run
+  assert experiment.run(tiny_config(tfds_dir), workdir) == json.load(
+    open(os.path.join(workdir, 'summary.json'))
+  )
+  # Killed after its last checkpoint but before writing its summary: the
+  # final evaluation is done again, with the same numbers.
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  os.remove(os.path.join(copy, 'summary.json'))
+  again = experiment.run(tiny_config(tfds_dir), copy)
+  for key, value in summary.items():
+    if key.startswith(('eval/', 'confusion/')):
+      assert again[key] == value, key
