@@ -214,3 +214,15 @@ def test_evaluation_is_exact_on_1_2_and_8_devices(tfds_dir):
     # The tiny test split: 512 examples, 8 of each of the 64 pairs.
     assert counts[:2] == [48 * 8, 16 * 8]  # iid, unseen_pairs
   assert results[0] == results[1] == results[2]
+
+
+def test_cue_conflict_pairs_are_seen_and_off_their_diagnostic_color():
+  seen = benchmarks.holdout(8, 8, 2)
+  keep = benchmarks.pair_filter(benchmarks.BENCHMARKS['cue_conflict'], seen)
+  # 64 pairs, minus 8 diagnostic ones, minus 16 unseen ones.
+  assert keep.sum() == 40
+  assert not keep[np.arange(8), benchmarks.diagnostic_colors(8, 8)].any()
+  assert (seen[keep]).all()
+  shapes, colors = np.nonzero(keep)
+  other = benchmarks.conflict_shape(colors, 8, 8)
+  assert (other >= 0).all() and (other != shapes).all()
