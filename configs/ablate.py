@@ -45,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every = 50
   config.eval_max_examples = 512
   config.seeds = (0, 1)
-  config.num_parallel_seeds = 2
+  # On 2 CPU cores one seed already fills the machine: training two seeds
+  # in one vmapped step measured 0.89x the images/s of one after another.
+  config.num_parallel_seeds = 1
   if preset == 'full':
     config_lib.apply_full_preset(config)
     config.correlation = 0.8

@@ -63,7 +63,7 @@ from scfail import config_lib
 from scfail import model as model_lib
 from scfail import train as train_lib
 
-SUITES = ('step', 'data', 'all')
+SUITES = ('step', 'data', 'seeds', 'all')
 MODELS = ('default', 'full')  # 'full': configs/baseline.py:full's model.
 FROZEN_EMBEDDINGS = ('stem/.*', 'embedding/.*', 'pos_embedding')
 CPU_FULL_BATCH = 32  # A CPU trains the full model at a few images/s.
@@ -843,6 +843,100 @@ def data_suite(settings: Settings) -> dict[str, Any]:
 # Reports.
 
 
+def seeds_suite(settings: Settings, num_seeds: int) -> dict[str, Any]:
+  """K seeds in one vmapped step against K steps of one seed each.
+
+  Both sides do the same work: K seeds' training steps on K batches of the
+  default model's batch size. The vmapped step is the one
+  `config.num_parallel_seeds = K` runs (`scfail.experiment.run_seeds`).
+  """
+  out: dict[str, Any] = {'suite': 'seeds', **environment()}
+  out['settings'] = {**dataclasses.asdict(settings), 'num_seeds': num_seeds}
+  config = model_config('default', settings)
+  batch, _ = batch_size('default', config, settings)
+  single = jax_step(config, batch)
+
+  model = single.model
+  params = [
+    train_lib.init_params(model, seed, config.image_size)
+    for seed in range(num_seeds)
+  ]
+  labels = train_lib.freeze_labels(params[0], ())
+  optimizer = train_lib.make_optimizer(config, labels)
+  kwargs = dict(
+    model=model,
+    optimizer=optimizer,
+    labels=labels,
+    schedule=train_lib.learning_rate_schedule(config),
+    loss_weights=dict(config.loss_weights),
+  )
+  mesh = train_lib.make_mesh()
+  replicated = NamedSharding(mesh, P())
+  states = [
+    jax.device_get(train_lib.create_train_state(p, optimizer)) for p in params
+  ]
+  stacked = jax.tree.map(lambda *xs: np.stack(xs), *states)
+  state = [jax.device_put(stacked, replicated)]
+  one = random_batch(batch, config.image_size)
+  batches = jax.device_put(
+    {k: np.stack([v] * num_seeds) for k, v in one.items()},
+    NamedSharding(mesh, P(None, 'data')),
+  )
+  seeds = jax.device_put(np.arange(num_seeds, dtype=np.int32), replicated)
+  vstep = jax.jit(
+    jax.vmap(lambda st, b, sd: train_lib.train_step(st, b, seed=sd, **kwargs)),
+    in_shardings=(replicated, NamedSharding(mesh, P(None, 'data')), replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=(0,),
+  )
+  start = time.perf_counter()
+  compiled = vstep.lower(state[0], batches, seeds).compile()
+  compile_s = time.perf_counter() - start
+
+  def together(n: int) -> None:
+    for _ in range(n):
+      state[0], metrics = compiled(state[0], batches, seeds)
+    jax.block_until_ready((state[0], metrics))
+
+  def one_after_another(n: int) -> None:
+    for _ in range(n):
+      for _ in range(num_seeds):
+        single.state[0], metrics = single.compiled(
+          single.state[0], single.batch
+        )
+    jax.block_until_ready((single.state[0], metrics))
+
+  images = batch * num_seeds
+  variants = [
+    Variant(f'{num_seeds} seeds vmapped', together, images=images),
+    Variant(f'{num_seeds} seeds in turn', one_after_another, images=images),
+  ]
+  time_in_rounds(variants, settings.rounds, settings.min_time)
+  out['variants'] = {v.name: v.record(jax.device_count()) for v in variants}
+  out['compile_s'] = {'vmapped': compile_s, 'single': single.compile_s}
+  out['ratios'] = {
+    'vmapped / in turn, images/s': time_ratio(variants[1], variants[0]),
+  }
+  return out
+
+
+def format_seeds(result: dict[str, Any]) -> str:
+  rows = [
+    (name, f'{r["images_per_s"]:,.0f}', f'{r["median_s"] * 1e3:.1f}')
+    for name, r in result['variants'].items()
+  ]
+  return '\n'.join(
+    [
+      _header(result),
+      _table(('variant', 'images/s', 'ms per unit'), rows),
+      _table(
+        ('ratio', 'median of rounds'),
+        [(k, f'{v:.3f}') for k, v in result['ratios'].items()],
+      ),
+    ]
+  )
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   """Columns padded to their widths; the first left-aligned, others right."""
   cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
@@ -1029,6 +1123,9 @@ _MODELS = flags.DEFINE_list(
   'models', list(MODELS), 'Models the step suite runs.'
 )
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating repetitions.')
+_SEEDS = flags.DEFINE_integer(
+  'parallel_seeds', 4, 'K of the seeds suite: seeds trained in one step.'
+)
 _MIN_TIME = flags.DEFINE_float(
   'min_time', 1.0, 'Seconds each variant runs per round.'
 )
@@ -1081,6 +1178,9 @@ def main(argv: list[str]) -> None:
   if suite in ('data', 'all'):
     results['data'] = data_suite(settings)
     print('\n' + format_data(results['data']) + '\n', flush=True)
+  if suite in ('seeds', 'all'):
+    results['seeds'] = seeds_suite(settings, _SEEDS.value)
+    print('\n' + format_seeds(results['seeds']) + '\n', flush=True)
   write_json(results[suite] if suite != 'all' else results, out)
   print(f'Wrote {out}')
 

@@ -265,3 +265,17 @@ def test_torch_peer_trains_like_scfail():
       np.testing.assert_allclose(
         float(ours[key]), float(theirs[key]), rtol=2e-3, err_msg=key
       )
+
+
+def test_seeds_suite_reports_a_ratio():
+  settings = bench.Settings(
+    batch_size=16,
+    rounds=1,
+    min_time=0.0,
+    model_overrides={'default': {'width': 32, 'depth': 1, 'num_heads': 2}},
+  )
+  result = bench.seeds_suite(settings, num_seeds=2)
+  ratio = result['ratios']['vmapped / in turn, images/s']
+  assert ratio > 0
+  assert set(result['variants']) == {'2 seeds vmapped', '2 seeds in turn'}
+  assert 'images/s' in bench.format_seeds(result)
