@@ -7,9 +7,18 @@ Command:
 Presets: the default is CPU-sized; `:full` is accelerator-sized
 (`--config=configs/baseline.py:full`).
 
-Timed on: a 2-core AMD EPYC VM, no accelerator, jax 0.10.2 (2026-12-03).
-Runtime: RUNTIME_PLACEHOLDER
-Reached: RESULTS_PLACEHOLDER
+Timed on: a 2-core VM (Intel Xeon, AVX-512), no accelerator, jax 0.10.2,
+at commit 7a36a53 (2026-12-03).
+Runtime: 4 min 26 s with the dataset already built (building
+scfail_shapes/32px the first time adds about 40 s); 1,000 steps of 128
+images at about 610 images/s, input wait under 1% of the time.
+Reached (final, held-out test images): iid shape accuracy 0.805 and color
+accuracy 1.000 (chance 0.125); unseen pairs shape 0.087, color 0.997;
+texture shape 0.240, color 0.966; lighting shape 0.375, color 0.607; scale
+shape 0.296, color 0.872; background shape 0.340, color 0.852; grayscale
+shape 0.242; cue-conflict shape bias 0.947; CZSL AUC 0.673, best harmonic
+mean 0.688.
+The `:full` preset has not been timed yet: no accelerator was available.
 """
 
 import ml_collections
