@@ -11,6 +11,8 @@ by flags or by the environment variables `SCFAIL_COORDINATOR_ADDRESS`,
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import jax
 
@@ -75,6 +77,10 @@ def initialize(
   if jax.config.jax_platforms in (None, '', 'cpu') and not _has_accelerator():
     # CPU processes reduce across hosts through gloo.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if process_id != 0:
+    # The runtime aborts the process when it cannot reach the coordinator;
+    # find out first, and say so in a line.
+    _wait_for_coordinator(coordinator_address, timeout_seconds)
   _start(
     coordinator_address=coordinator_address,
     num_processes=num_processes,
@@ -82,6 +88,30 @@ def initialize(
     timeout_seconds=timeout_seconds,
   )
   return True
+
+
+def _wait_for_coordinator(address: str, timeout_seconds: int) -> None:
+  """Returns once process 0 accepts connections at `address`."""
+  host, _, port = address.rpartition(':')
+  if not host or not port.isdigit():
+    raise DistributedError(
+      f'--coordinator_address={address!r} must be host:port, as in '
+      '10.0.0.1:12355.'
+    )
+  deadline = time.monotonic() + timeout_seconds
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=2).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise DistributedError(
+          f'Could not reach the coordinator (process 0) at {address} within '
+          f'{timeout_seconds} s ({e.strerror or e}). Start process 0 with the '
+          'same --coordinator_address, check that its port is open to this '
+          'host, or raise --distributed_timeout.'
+        ) from None
+      time.sleep(0.5)
 
 
 def _has_accelerator() -> bool:

@@ -148,3 +148,30 @@ def test_two_processes_equal_one_and_resume_after_a_kill(tfds_dir, tmp_path):
   for key, value in expected.items():
     if key.startswith(('eval/', 'confusion/', 'train/loss')):
       assert resumed[key] == value, key
+
+
+def test_an_unreachable_coordinator_is_one_clear_line(tmp_path):
+  result = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'scfail.main',
+      '--config=configs/tiny.py',
+      f'--workdir={tmp_path}',
+      f'--coordinator_address=127.0.0.1:{_free_port()}',
+      '--num_processes=2',
+      '--process_id=1',
+      '--distributed_timeout=3',
+    ],
+    cwd=ROOT,
+    env=_env(2),
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 1
+  errors = [x for x in result.stderr.splitlines() if x.startswith('error:')]
+  assert len(errors) == 1
+  assert (
+    'Could not reach the coordinator (process 0) at 127.0.0.1:' in (errors[0])
+  )
+  assert 'Traceback' not in result.stderr
