@@ -16,9 +16,15 @@ Command:
 Writes runs/ablate/<variant>/seed_<n>/ and the report in runs/ablate/report/.
 `--config=configs/ablate.py:full` is the accelerator-sized study.
 
-Timed on: a 2-core AMD EPYC VM, no accelerator, jax 0.10.2 (2026-12-03).
-Runtime: RUNTIME_PLACEHOLDER
-Reached: RESULTS_PLACEHOLDER
+Timed on: a 2-core VM (Intel Xeon, AVX-512), no accelerator, jax 0.10.2,
+at commit 4632387 (2026-12-03).
+Runtime: 8 min 21 s for the 8 runs and the report (dataset already built).
+Reached (final, mean over seeds 0 and 1): iid shape accuracy 0.537
+(baseline), 0.352 (frozen_embeddings), 0.320 (no_attention), 0.261
+(both); iid color accuracy 0.993-1.000 in every variant. Shape bias on
+cue conflict 0.562, 0.255, 0.173 and 0.096; CZSL AUC 0.336, 0.177, 0.130
+and 0.109. Every ablation moves decisions from shape to color.
+The `:full` preset has not been timed yet: no accelerator was available.
 """
 
 import ml_collections

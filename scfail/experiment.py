@@ -109,7 +109,7 @@ class MetricWriter:
     # Lines past the checkpoint we resume from are rewritten by this run.
     if os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [line for line in f if json.loads(line)['step'] <= resume_step]
+        kept = [line for line in f if _step_of(line, resume_step)]
       with open(self.path, 'w') as f:
         f.writelines(kept)
     from tensorboardX import SummaryWriter
@@ -130,6 +130,17 @@ class MetricWriter:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _step_of(line: str, resume_step: int) -> bool:
+  """Whether a metrics line is one a run resumed at `resume_step` keeps.
+
+  A line cut short by a kill (not valid JSON) is dropped.
+  """
+  try:
+    return json.loads(line)['step'] <= resume_step
+  except (json.JSONDecodeError, KeyError):
+    return False
 
 
 class Progress:

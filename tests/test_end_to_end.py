@@ -58,9 +58,12 @@ def test_resume_from_a_middle_checkpoint_ends_bit_identical(
   workdir, summary = finished_run
   resumed = str(tmp_path / 'resumed')
   shutil.copytree(workdir, resumed)
-  # As if the run had been killed just after its step-3 checkpoint.
+  # As if the run had been killed just after its step-3 checkpoint, in the
+  # middle of writing a metrics line.
   shutil.rmtree(os.path.join(resumed, 'checkpoints', '6'))
   os.remove(os.path.join(resumed, 'summary.json'))
+  with open(os.path.join(resumed, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 5, "train/lo')
   config = json.load(open(os.path.join(workdir, 'config.json')))
   again = experiment.run(tiny_config(config['data_dir']), resumed)
   for key, value in summary.items():
