@@ -2,7 +2,9 @@ r"""Throughput of scfail, measured on the machine at hand.
 
   python -m scfail.bench step   # train steps, FLOP/s, the PyTorch peer
   python -m scfail.bench data   # rendering, TFDS build, tf.data vs the step
-  python -m scfail.bench all    # both
+  python -m scfail.bench seeds  # K seeds in one vmapped step vs K in turn
+  python -m scfail.bench run    # a real training run: img/s, input wait
+  python -m scfail.bench all    # every suite
 
 Each suite prints tables, ratios first, and writes JSON to `--out` (default
 `runs/bench/<suite>.json`). BENCHMARKS.md holds the figures of record.
@@ -63,7 +65,7 @@ from scfail import config_lib
 from scfail import model as model_lib
 from scfail import train as train_lib
 
-SUITES = ('step', 'data', 'seeds', 'all')
+SUITES = ('step', 'data', 'seeds', 'run', 'all')
 MODELS = ('default', 'full')  # 'full': configs/baseline.py:full's model.
 FROZEN_EMBEDDINGS = ('stem/.*', 'embedding/.*', 'pos_embedding')
 CPU_FULL_BATCH = 32  # A CPU trains the full model at a few images/s.
@@ -99,6 +101,9 @@ class Settings:
     reference_model: path of another version of `scfail/model.py` (say,
       `git show HEAD:scfail/model.py > /tmp/model.py`), whose `Hybrid` the
       step suite times beside the current one, for before/after figures.
+    run_steps: training steps of the run suite's real run.
+    run_overrides: top-level config fields the run suite changes (tests
+      point it at a tiny dataset with it).
   """
 
   batch_size: int = 0
@@ -116,6 +121,8 @@ class Settings:
   render_images: int = 2048
   data_dir: str = ''
   reference_model: str = ''
+  run_steps: int = 300
+  run_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 # Timing.
@@ -840,6 +847,107 @@ def data_suite(settings: Settings) -> dict[str, Any]:
   return out
 
 
+def run_suite(settings: Settings) -> dict[str, Any]:
+  """A real training run of the default config, timed as a user sees it.
+
+  Trains `configs/baseline.py`'s CPU preset (the default model, batch and
+  dataset) for `settings.run_steps` steps with `scfail.experiment.run`, in
+  a temporary work directory, with one evaluation at the end. The dataset
+  comes from TFDS's data directory (`settings.data_dir`, or TFDS's
+  default), built first if it is missing; that time is reported apart.
+  From the run's `metrics.jsonl`: images/s and the fraction of wall time
+  the loop waited for input, per logged interval; the first interval,
+  which holds the compile, is left out of the medians.
+  """
+  from scfail import data, experiment
+
+  load_start = list(os.getloadavg())
+  out: dict[str, Any] = {'suite': 'run', **environment()}
+  out['settings'] = dataclasses.asdict(settings)
+  config = model_config('default', settings)
+  if settings.batch_size:
+    config.batch_size = settings.batch_size
+  config_steps = config.total_steps
+  steps = settings.run_steps
+  config.total_steps = steps
+  config.log_every = max(1, steps // 12)
+  config.eval_every = steps
+  config.checkpoint_every = steps
+  config.data_dir = settings.data_dir
+  for field, value in settings.run_overrides.items():
+    config[field] = value
+
+  start = time.perf_counter()
+  data.get_builder(config.dataset, config.data_dir or None)
+  dataset_s = time.perf_counter() - start
+
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    summary = experiment.run(config, workdir)
+    run_s = time.perf_counter() - start
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      lines = [json.loads(line) for line in f]
+  train = [m for m in lines if 'train/img_per_sec' in m]
+  steady = train[1:] or train
+  rates = [m['train/img_per_sec'] for m in steady]
+  waits = [m['train/input_wait'] for m in steady]
+  out['run'] = {
+    'dataset': config.dataset,
+    'batch': config.batch_size,
+    'steps': steps,
+    'log_every': config.log_every,
+    'dataset_s': dataset_s,
+    'run_s': run_s,
+    'images_per_s': float(np.median(rates)),
+    'images_per_s_per_device': float(np.median(rates)) / jax.device_count(),
+    'first_interval_images_per_s': train[0]['train/img_per_sec'],
+    'input_wait_fraction': float(np.median(waits)),
+    'input_wait_fraction_max': float(max(waits)),
+    'intervals': len(steady),
+    'final': {
+      k: summary[k]
+      for k in ('eval/iid/shape_acc', 'eval/iid/color_acc')
+      if k in summary
+    },
+  }
+  out['memory_peak'] = peak_memory()
+  out['load_average'] = {'start': load_start, 'end': list(os.getloadavg())}
+  out['notes'] = [
+    f'{steps} steps of the default config, not its {config_steps}: the '
+    'rates settle within a few intervals.'
+  ]
+  return out
+
+
+def format_run(result: dict[str, Any]) -> str:
+  """The run suite's table."""
+  r = result['run']
+  mem = result['memory_peak']
+  rows = [
+    ('images/s (median of intervals)', f'{r["images_per_s"]:,.0f}'),
+    ('images/s per device', f'{r["images_per_s_per_device"]:,.0f}'),
+    (
+      'first interval images/s (compile)',
+      f'{r["first_interval_images_per_s"]:,.0f}',
+    ),
+    ('input wait, fraction of wall time', f'{r["input_wait_fraction"]:.4f}'),
+    ('input wait, worst interval', f'{r["input_wait_fraction_max"]:.4f}'),
+    ('run wall time, s', f'{r["run_s"]:.1f}'),
+    ('dataset ready, s', f'{r["dataset_s"]:.1f}'),
+    ('peak memory, MiB', f'{mem["bytes"] / 2**20:,.0f}'),
+  ]
+  rows += [(k, f'{v:.3f}') for k, v in r['final'].items()]
+  return '\n\n'.join(
+    [
+      _header(result),
+      f'{r["dataset"]}, batch {r["batch"]}, {r["steps"]} steps, '
+      f'{r["intervals"]} intervals of {r["log_every"]} steps',
+      _table(('figure', 'value'), rows),
+      '\n'.join(f'Note: {n}' for n in result['notes']),
+    ]
+  )
+
+
 # Reports.
 
 
@@ -1137,6 +1245,15 @@ _TORCH_COMPILE = flags.DEFINE_bool(
   'torch_compile', True, 'Also time the peer under torch.compile.'
 )
 _RENDER = flags.DEFINE_integer('render_images', 2048, 'Images to render.')
+_RUN_STEPS = flags.DEFINE_integer(
+  'run_steps', 300, 'Training steps of the run suite.'
+)
+_DATA_DIR = flags.DEFINE_string(
+  'data_dir',
+  '',
+  "TFDS data directory of the run suite ('': TFDS's default); the data "
+  'suite builds into it instead of a new temporary directory.',
+)
 _REFERENCE = flags.DEFINE_string(
   'reference_model',
   '',
@@ -1160,6 +1277,8 @@ def settings_from_flags() -> Settings:
     torch_compile=_TORCH_COMPILE.value,
     render_images=_RENDER.value,
     reference_model=_REFERENCE.value,
+    run_steps=_RUN_STEPS.value,
+    data_dir=_DATA_DIR.value,
   )
 
 
@@ -1181,6 +1300,9 @@ def main(argv: list[str]) -> None:
   if suite in ('seeds', 'all'):
     results['seeds'] = seeds_suite(settings, _SEEDS.value)
     print('\n' + format_seeds(results['seeds']) + '\n', flush=True)
+  if suite in ('run', 'all'):
+    results['run'] = run_suite(settings)
+    print('\n' + format_run(results['run']) + '\n', flush=True)
   write_json(results[suite] if suite != 'all' else results, out)
   print(f'Wrote {out}')
 

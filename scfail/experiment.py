@@ -630,6 +630,7 @@ def run_seeds(
   feed = input_pipeline.prefetch(iter(batches), put)
   try:
     waited = 0.0  # Seconds the loop spent waiting for input since last log.
+    paused = 0.0  # Seconds spent evaluating since the last log: not training.
     while True:
       t_wait = time.time()
       try:
@@ -646,10 +647,11 @@ def run_seeds(
       if done % config.log_every == 0 or is_last:
         metrics = jax.device_get(metrics)
         now = time.time()
-        img_per_sec = (done - step_last) * images_per_step / (now - t_last)
+        train_s = max(now - t_last - paused, 1e-9)
+        img_per_sec = (done - step_last) * images_per_step / train_s
         eta = (total_steps - done) * images_per_step / max(img_per_sec, 1)
-        input_wait = waited / max(now - t_last, 1e-9)
-        t_last, step_last, waited = now, done, 0.0
+        input_wait = waited / train_s
+        t_last, step_last, waited, paused = now, done, 0.0, 0.0
         for i, seed in enumerate(seeds):
           m = lane_metrics(metrics, i)
           if not all(math.isfinite(float(v)) for v in m.values()):
@@ -679,6 +681,7 @@ def run_seeds(
           f'  (seed {seeds[0]} of {num_seeds})' if vmapped else '',
         )
       if done % config.eval_every == 0 or is_last:
+        t_eval = time.time()
         if vmapped:
           results = evaluator(state.params, final=is_last)
         else:
@@ -702,6 +705,7 @@ def run_seeds(
             f'{k[5:]} {v:.3f}' for k, v in scalars.items() if 'acc' in k
           ),
         )
+        paused += time.time() - t_eval
       stop = preempted['flag']
       if jax.process_count() > 1:
         # Every process must save the same step: agree at log steps.

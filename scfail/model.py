@@ -26,6 +26,9 @@ computes the same function as the plain layer it replaces:
 - Attention folds the 1/sqrt(head_dim) scale into the queries and divides
   by the softmax's sum after multiplying by the values, on [.., head_dim]
   instead of [.., tokens] entries; logits and softmax stay float32.
+- On CPU, the conv stem's 3x3 convolutions of stride 2 run as one matrix
+  product over the nine strided views of their input; XLA's CPU
+  convolutions with few channels, and their gradients, were 2-3x slower.
 - The patchify stem runs as one matrix product over image patches
   (space to depth): a convolution kernel with 3 input channels leaves most
   of a vector unit idle (2x slower than the product on XLA's CPU backend;
@@ -80,6 +83,74 @@ class Patchify(nn.Module):
     return y.reshape(batch, rows, cols, self.features)
 
 
+def strided_conv_as_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 3x3 convolution of stride 2, SAME padding, as one matrix product.
+
+  The nine strided views of the padded input, side by side on the channel
+  axis, times the kernel flattened to [9 * in, out]: the same result as
+  `lax.conv_general_dilated(x, kernel, (2, 2), 'SAME')` on NHWC inputs and
+  HWIO kernels.
+  """
+  batch, height, width, channels = x.shape
+  rows, cols = -(-height // 2), -(-width // 2)
+  pad_h = max(2 * (rows - 1) + 3 - height, 0)
+  pad_w = max(2 * (cols - 1) + 3 - width, 0)
+  x = jnp.pad(
+    x,
+    (
+      (0, 0),
+      (pad_h // 2, pad_h - pad_h // 2),
+      (pad_w // 2, pad_w - pad_w // 2),
+      (0, 0),
+    ),
+  )
+  views = [
+    x[:, i : i + 2 * rows - 1 : 2, j : j + 2 * cols - 1 : 2]
+    for i in range(3)
+    for j in range(3)
+  ]
+  patches = jnp.concatenate(views, axis=-1).reshape(-1, 9 * channels)
+  y = patches @ kernel.reshape(9 * channels, -1)
+  return y.reshape(batch, rows, cols, -1)
+
+
+class StridedConv(nn.Module):
+  """A 3x3 convolution of stride 2 with SAME padding.
+
+  Same parameters (`kernel` [3, 3, in, features], `bias`), initial values
+  and outputs as `nn.Conv(features, (3, 3), strides=(2, 2),
+  padding='SAME')`. On CPU it runs as `strided_conv_as_product`: XLA's CPU
+  convolutions with few channels, and their gradients, took 2-3x as long
+  as the product; elsewhere it stays a convolution, which GPUs and TPUs
+  run well.
+  """
+
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param(
+      'kernel',
+      nn.initializers.lecun_normal(),
+      (3, 3, channels, self.features),
+    )
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if jax.default_backend() == 'cpu':
+      y = strided_conv_as_product(x, kernel)
+    else:
+      y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (2, 2),
+        'SAME',
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      )
+    return y + bias.astype(self.dtype)
+
+
 class Stem(nn.Module):
   """Image to a grid of features.
 
@@ -100,14 +171,7 @@ class Stem(nn.Module):
       p = self.patch_size
       return Patchify(self.features[-1], p, self.dtype, name='patchify')(x)
     for i, f in enumerate(self.features):
-      x = nn.Conv(
-        f,
-        (3, 3),
-        strides=(2, 2),
-        padding='SAME',
-        dtype=self.dtype,
-        name=f'conv_{i}',
-      )(x)
+      x = StridedConv(f, self.dtype, name=f'conv_{i}')(x)
       x = nn.gelu(x)
     return x
 

@@ -279,3 +279,26 @@ def test_seeds_suite_reports_a_ratio():
   assert ratio > 0
   assert set(result['variants']) == {'2 seeds vmapped', '2 seeds in turn'}
   assert 'images/s' in bench.format_seeds(result)
+
+
+def test_run_suite_reads_rates_and_input_wait_from_a_real_run(tfds_dir):
+  settings = _settings(
+    run_steps=12,
+    data_dir=tfds_dir,
+    run_overrides={'dataset': 'scfail_shapes/tiny', 'eval_max_examples': 32},
+  )
+  result = bench.run_suite(settings)
+  run = result['run']
+
+  assert run['steps'] == 12 and run['log_every'] == 1 and run['batch'] == 16
+  # Twelve logged intervals; the first, which compiles, is left out.
+  assert run['intervals'] == 11
+  assert run['images_per_s'] > 0
+  assert run['images_per_s_per_device'] == pytest.approx(
+    run['images_per_s'] / jax.device_count()
+  )
+  assert 0 <= run['input_wait_fraction'] <= run['input_wait_fraction_max'] < 1
+  assert run['run_s'] > 0 and run['dataset_s'] >= 0
+  assert set(run['final']) == {'eval/iid/shape_acc', 'eval/iid/color_acc'}
+  assert result['memory_peak']['bytes'] > 0
+  assert 'images/s per device' in bench.format_run(result)

@@ -1,6 +1,7 @@
 """The model, the freezing masks and the train step in every parallel mode."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -202,15 +203,22 @@ def test_frozen_parameters_stay_bit_identical_and_hold_no_state():
 
 
 def test_frozen_stem_has_no_backward_pass():
-  def convolutions(freeze):
+  def ops(freeze, layer):
+    """Compiled ops of `layer`: (forward, backward), by their op names."""
     config = tiny_config('unused', freeze=freeze)
     *_, step_fn, state, batches = _setup(config)
     hlo = jax.jit(step_fn).lower(state, batches[0]).compile().as_text()
-    return hlo.count(' convolution(')
+    names = [n for n in re.findall(r'op_name="([^"]*)"', hlo) if layer in n]
+    backward = [n for n in names if '/transpose(jvp(' in n]
+    return len(names) - len(backward), len(backward)
 
-  # Two stem convolutions forward; their gradients need more without freezing.
-  assert convolutions(FROZEN) == 2
-  assert convolutions(()) > 2
+  for layer in ('/stem/', '/embedding/'):
+    frozen_forward, frozen_backward = ops(FROZEN, layer)
+    forward, backward = ops((), layer)
+    # The layer still runs forward; only training it needs its backward.
+    assert frozen_forward > 0 and forward > 0
+    assert frozen_backward == 0
+    assert backward > 0
 
 
 def test_freeze_errors_name_the_pattern_and_list_paths():
@@ -232,3 +240,48 @@ def test_bfloat16_path_keeps_float32_parameters():
   dtypes = {str(x.dtype) for x in jax.tree.leaves(after)}
   assert dtypes == {'float32'}
   assert np.isfinite(metrics['loss'])
+
+
+@pytest.mark.parametrize('size', [32, 16, 9])
+def test_strided_conv_is_a_convolution_on_every_backend(size):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, size, size, 5), np.float32))
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 5, 7), np.float32))
+
+  def conv(x, kernel):
+    return jax.lax.conv_general_dilated(
+      x, kernel, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+    )
+
+  want = conv(x, kernel)
+  got = model_lib.strided_conv_as_product(x, kernel)
+  assert got.shape == want.shape == (2, -(-size // 2), -(-size // 2), 7)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  loss = lambda f: jax.grad(lambda x, k: (f(x, k) ** 2).sum(), (0, 1))
+  for g, w in zip(
+    loss(model_lib.strided_conv_as_product)(x, kernel),
+    loss(conv)(x, kernel),
+    strict=True,
+  ):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_strided_conv_has_the_parameters_and_outputs_of_flax_conv():
+  import flax.linen as nn
+
+  x = jnp.asarray(
+    np.random.default_rng(1).standard_normal((2, 8, 8, 3), np.float32)
+  )
+  ours = model_lib.StridedConv(6)
+  theirs = nn.Conv(6, (3, 3), strides=(2, 2), padding='SAME')
+  key = jax.random.key(3)
+  p_ours, p_theirs = ours.init(key, x), theirs.init(key, x)
+  # Same names, shapes and initial values: checkpoints carry over.
+  assert jax.tree.structure(p_ours) == jax.tree.structure(p_theirs)
+  leaves = zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_theirs), strict=True)
+  for a, b in leaves:
+    np.testing.assert_array_equal(a, b)
+  p = jax.tree.map(lambda a: a + 0.1, p_theirs)
+  np.testing.assert_allclose(
+    ours.apply(p, x), theirs.apply(p, x), rtol=1e-5, atol=1e-5
+  )
