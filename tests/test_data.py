@@ -213,7 +213,12 @@ def test_evaluation_is_exact_on_1_2_and_8_devices(tfds_dir):
     counts = [es.num_examples for es in evaluator.sets]
     # The tiny test split: 512 examples, 8 of each of the 64 pairs.
     assert counts[:2] == [48 * 8, 16 * 8]  # iid, unseen_pairs
-  assert results[0] == results[1] == results[2]
+  # One example more or less moves an accuracy by 1/512 or more; the
+  # calibration bias is a gap between logits, which the device count may
+  # change in its last bits (products of other shapes per device).
+  assert results[0].keys() == results[1].keys() == results[2].keys()
+  for other in results[1:]:
+    assert other == pytest.approx(results[0], rel=1e-5, abs=1e-6)
 
 
 def test_cue_conflict_pairs_are_seen_and_off_their_diagnostic_color():
