@@ -354,12 +354,8 @@ def jax_step(
   optimizer = train_lib.make_optimizer(config, labels)
   step_fn = functools.partial(
     train_lib.train_step,
-    model=model,
-    optimizer=optimizer,
-    labels=labels,
-    schedule=train_lib.learning_rate_schedule(config),
-    loss_weights=dict(config.loss_weights),
     seed=config.seed,
+    **train_lib.step_arguments(config, model, optimizer, labels),
   )
   mesh = train_lib.make_mesh()
   if batch % mesh.size:
@@ -971,13 +967,7 @@ def seeds_suite(settings: Settings, num_seeds: int) -> dict[str, Any]:
   ]
   labels = train_lib.freeze_labels(params[0], ())
   optimizer = train_lib.make_optimizer(config, labels)
-  kwargs = dict(
-    model=model,
-    optimizer=optimizer,
-    labels=labels,
-    schedule=train_lib.learning_rate_schedule(config),
-    loss_weights=dict(config.loss_weights),
-  )
+  kwargs = train_lib.step_arguments(config, model, optimizer, labels)
   mesh = train_lib.make_mesh()
   replicated = NamedSharding(mesh, P())
   states = [

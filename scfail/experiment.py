@@ -470,14 +470,7 @@ def run_seeds(
   params = lane_params[0]
   labels = train_lib.freeze_labels(params, config.freeze)
   optimizer = train_lib.make_optimizer(config, labels)
-  schedule = train_lib.learning_rate_schedule(config)
-  step_kwargs = dict(
-    model=model,
-    optimizer=optimizer,
-    labels=labels,
-    schedule=schedule,
-    loss_weights=dict(config.loss_weights),
-  )
+  step_kwargs = train_lib.step_arguments(config, model, optimizer, labels)
   mesh = train_lib.make_mesh()
   replicated = NamedSharding(mesh, P())
   lane_states = [

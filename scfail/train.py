@@ -265,6 +265,26 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def step_arguments(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  labels: Params,
+) -> dict[str, Any]:
+  """The keyword arguments of `train_step` that a run's config fixes.
+
+  Everything but `seed` (and `axis_name` under pmap): bind them with
+  `functools.partial(train_step, seed=..., **step_arguments(...))`.
+  """
+  return dict(
+    model=model,
+    optimizer=optimizer,
+    labels=labels,
+    schedule=learning_rate_schedule(config),
+    loss_weights=dict(config.loss_weights),
+  )
+
+
 def train_step(
   state: TrainState,
   batch: dict[str, jax.Array],

@@ -240,12 +240,8 @@ def test_torch_peer_trains_like_scfail():
   step = jax.jit(
     functools.partial(
       train_lib.train_step,
-      model=model,
-      optimizer=optimizer,
-      labels=labels,
-      schedule=train_lib.learning_rate_schedule(config),
-      loss_weights=dict(config.loss_weights),
       seed=config.seed,
+      **train_lib.step_arguments(config, model, optimizer, labels),
     )
   )
   state = train_lib.create_train_state(params, optimizer)

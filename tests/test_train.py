@@ -80,12 +80,8 @@ def _setup(config, batch_size=16):
   optimizer = train_lib.make_optimizer(config, labels)
   step_fn = functools.partial(
     train_lib.train_step,
-    model=model,
-    optimizer=optimizer,
-    labels=labels,
-    schedule=train_lib.learning_rate_schedule(config),
-    loss_weights=dict(config.loss_weights),
     seed=config.seed,
+    **train_lib.step_arguments(config, model, optimizer, labels),
   )
   # On the host, so that every donated copy on devices is a fresh one.
   state = jax.device_get(train_lib.create_train_state(params, optimizer))
